@@ -1,0 +1,108 @@
+"""``load_model``: a hub id or local folder -> the adapter of its family.
+
+Families are chosen by the checkpoint's ``config.model_type``; any other model that
+``AutoModelForImageTextToText`` can load and whose image processor is CLIP-style runs through the
+generic adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothguard.errors import ConfigError, ModelLoadError
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.llava import ClipStyleImageAdapter, LlavaAdapter
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class AutoImageTextAdapter(ClipStyleImageAdapter):
+    """Generic fallback for ``AutoModelForImageTextToText`` checkpoints with a CLIP-style processor."""
+
+    family = "auto"
+
+
+def _adapter_registry() -> dict[str, type[MLLMAdapter]]:
+    from smoothguard.models.qwen_audio import QwenAudioAdapter
+    from smoothguard.models.qwen_vl import QwenVLAdapter
+
+    return {
+        "llava": LlavaAdapter,
+        "qwen2_vl": QwenVLAdapter,
+        "qwen2_5_vl": QwenVLAdapter,
+        "qwen2_audio": QwenAudioAdapter,
+    }
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` -> first CUDA device if there is one, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` -> bfloat16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(
+    source: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> MLLMAdapter:
+    """Load a multimodal model and its processor behind the adapter of its family.
+
+    ``source``: a HuggingFace hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``) or a local folder saved
+    with ``save_pretrained``. ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``.
+    ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``. Extra keyword arguments go to ``from_pretrained``.
+    """
+    from transformers import AutoConfig
+
+    name = str(source)
+    path = Path(name).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelLoadError(f"model folder {name} does not exist")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    try:
+        config = AutoConfig.from_pretrained(name, **from_pretrained_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: {_first_line(exc)} "
+            "(pass a hub id reachable from here, or a local folder saved with save_pretrained)"
+        ) from exc
+    adapter_class = _adapter_registry().get(config.model_type, AutoImageTextAdapter)
+    try:
+        processor = adapter_class.load_processor(name, **from_pretrained_kwargs)
+        model = adapter_class.model_class().from_pretrained(name, dtype=torch_dtype, **from_pretrained_kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
+        ) from exc
+    model.to(torch_device).eval()
+    return adapter_class(model, processor, name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

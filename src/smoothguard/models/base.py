@@ -1,0 +1,155 @@
+"""The adapter contract every model family implements.
+
+An adapter turns one prompt + one medium (image pixels or audio waveform) into model inputs, and a
+list of such inputs into answers with ONE ``generate`` call. Its ``preprocess`` is a differentiable
+torch re-implementation of the HF processor's media path (tested against the processor), used by
+both the defense and the attacks, so the two can never disagree about preprocessing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from smoothguard.errors import ConfigError
+
+Modality = Literal["image", "audio"]
+
+
+@dataclass
+class Query:
+    """One candidate as model inputs, batch dimension 1.
+
+    ``text``: ``input_ids`` / ``attention_mask`` [1, L] (family extras keep the same [1, L] shape).
+    ``media``: the family's media tensors for this one candidate, e.g. LLaVA ``pixel_values``
+    [1, 3, S, S]; Qwen-VL ``pixel_values`` [P, D] + ``image_grid_thw`` [1, 3]; Qwen2-Audio
+    ``input_features`` [1, M, F] + ``feature_attention_mask`` [1, F].
+    """
+
+    text: dict[str, torch.Tensor]
+    media: dict[str, torch.Tensor]
+
+
+class MLLMAdapter(ABC):
+    """A HuggingFace multimodal model and its processor behind one interface.
+
+    Subclasses set ``family``, ``modality`` and ``noise_spaces`` and implement ``preprocess``,
+    ``prompt_text`` and (where the media tensors are not one row per candidate) ``slice_media``.
+    """
+
+    family: ClassVar[str]
+    modality: ClassVar[Modality]
+    noise_spaces: ClassVar[tuple[str, ...]]
+    #: The processor output that ``normalized`` noise is added to.
+    normalized_key: ClassVar[str] = "pixel_values"
+
+    @classmethod
+    def model_class(cls) -> Any:
+        """The transformers class whose ``from_pretrained`` loads this family's checkpoints."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
+    @classmethod
+    def load_processor(cls, source: str, **kwargs: Any) -> Any:
+        """The checkpoint's HF processor (tokenizer + media processor + chat template)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, **kwargs)
+
+    def __init__(self, model: Any, processor: Any, name: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def default_noise_space(self) -> str:
+        return self.noise_spaces[0]
+
+    def describe(self) -> dict[str, Any]:
+        """Identity written into every result."""
+        return {"name": self.name, "family": self.family, "modality": self.modality,
+                "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
+
+    # ------------------------------------------------------------- preprocessing
+    @abstractmethod
+    def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Differentiable media path for a batch of B copies of ONE medium.
+
+        Image models take pixels [B, 3, H, W] in [0, 1]; audio models take waveforms [B, T] at
+        ``sampling_rate``. Returns the family's media tensors for all B copies (float32, on the
+        input's device), matching the HF processor's output to a tolerance.
+        """
+
+    @abstractmethod
+    def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Token ids for ``prompt`` in the model's chat template with the media placeholders
+        expanded for ``media`` (one medium, [3, H, W] or [T]): ``input_ids`` etc., each [1, L]."""
+
+    def slice_media(self, media: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+        """The media tensors of copy ``index`` out of a ``preprocess`` output (one row each)."""
+        return {key: value[index : index + 1] for key, value in media.items()}
+
+    def encode(self, prompt: str, media: torch.Tensor) -> Query:
+        """One prompt + one medium ([3, H, W] pixels or [T] waveform) as a ``Query``."""
+        return Query(self.prompt_text(prompt, media), self.preprocess(media.unsqueeze(0)))
+
+    def check_noise_space(self, space: str) -> None:
+        if space not in self.noise_spaces:
+            raise ConfigError(
+                f"noise space {space!r} is not available for {self.family} models; "
+                f"choose one of {', '.join(self.noise_spaces)}"
+            )
+
+    # ---------------------------------------------------------------- generation
+    def collate(self, queries: Sequence[Query]) -> dict[str, torch.Tensor]:
+        """Left-pad the text of all queries to one length and concatenate their media along dim 0,
+        on the model's device; floating media are cast to the model's dtype."""
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        length = max(q.text["input_ids"].shape[1] for q in queries)
+        batch: dict[str, torch.Tensor] = {}
+        for key in queries[0].text:
+            fill = pad_id if key == "input_ids" else 0
+            rows = [torch.nn.functional.pad(q.text[key], (length - q.text[key].shape[1], 0), value=fill)
+                    for q in queries]
+            batch[key] = torch.cat(rows).to(self.device)
+        for key in queries[0].media:
+            value = torch.cat([q.media[key] for q in queries]).to(self.device)
+            batch[key] = value.to(self.dtype) if value.is_floating_point() else value
+        return batch
+
+    @torch.inference_mode()
+    def generate(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[str]:
+        """Answer every query with ONE ``model.generate`` call; greedy unless told otherwise.
+
+        ``generate_kwargs`` go to HF ``generate`` (``max_new_tokens``, ``do_sample``, ...).
+        Returns one decoded, stripped answer per query, in order.
+        """
+        if not queries:
+            return []
+        batch = self.collate(queries)
+        kwargs = {"do_sample": False, "max_new_tokens": 128, **generate_kwargs}
+        if not kwargs["do_sample"]:
+            # Greedy decoding: silence sampling defaults a checkpoint's generation_config may carry.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        output = self.model.generate(**batch, **kwargs)
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts]
