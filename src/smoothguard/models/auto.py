@@ -7,6 +7,7 @@ generic adapter.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from smoothguard.errors import ConfigError, ModelLoadError
 from smoothguard.models.base import MLLMAdapter
-from smoothguard.models.llava import ClipStyleImageAdapter, LlavaAdapter
+from smoothguard.models.llava import ClipStyleImageAdapter
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -25,16 +26,21 @@ class AutoImageTextAdapter(ClipStyleImageAdapter):
     family = "auto"
 
 
-def _adapter_registry() -> dict[str, type[MLLMAdapter]]:
-    from smoothguard.models.qwen_audio import QwenAudioAdapter
-    from smoothguard.models.qwen_vl import QwenVLAdapter
+#: config.model_type -> "module:Class" of its adapter (imported only when that family is loaded).
+ADAPTERS = {
+    "llava": "smoothguard.models.llava:LlavaAdapter",
+    "qwen2_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
+    "qwen2_5_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
+    "qwen2_audio": "smoothguard.models.qwen_audio:QwenAudioAdapter",
+}
 
-    return {
-        "llava": LlavaAdapter,
-        "qwen2_vl": QwenVLAdapter,
-        "qwen2_5_vl": QwenVLAdapter,
-        "qwen2_audio": QwenAudioAdapter,
-    }
+
+def adapter_class_for(model_type: str) -> type[MLLMAdapter]:
+    """The adapter class of a ``config.model_type``; the generic adapter for unknown types."""
+    if model_type not in ADAPTERS:
+        return AutoImageTextAdapter
+    module, _, cls = ADAPTERS[model_type].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -91,7 +97,7 @@ def load_model(
             f"cannot load model {name!r}: {_first_line(exc)} "
             "(pass a hub id reachable from here, or a local folder saved with save_pretrained)"
         ) from exc
-    adapter_class = _adapter_registry().get(config.model_type, AutoImageTextAdapter)
+    adapter_class = adapter_class_for(config.model_type)
     try:
         processor = adapter_class.load_processor(name, **from_pretrained_kwargs)
         model = adapter_class.model_class().from_pretrained(name, dtype=torch_dtype, **from_pretrained_kwargs)

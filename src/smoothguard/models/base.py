@@ -82,8 +82,13 @@ class MLLMAdapter(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Identity written into every result."""
-        return {"name": self.name, "family": self.family, "modality": self.modality,
-                "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device)}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "modality": self.modality,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
 
     # ------------------------------------------------------------- preprocessing
     @abstractmethod
@@ -126,8 +131,9 @@ class MLLMAdapter(ABC):
         batch: dict[str, torch.Tensor] = {}
         for key in queries[0].text:
             fill = pad_id if key == "input_ids" else 0
-            rows = [torch.nn.functional.pad(q.text[key], (length - q.text[key].shape[1], 0), value=fill)
-                    for q in queries]
+            rows = [
+                torch.nn.functional.pad(q.text[key], (length - q.text[key].shape[1], 0), value=fill) for q in queries
+            ]
             batch[key] = torch.cat(rows).to(self.device)
         for key in queries[0].media:
             value = torch.cat([q.media[key] for q in queries]).to(self.device)

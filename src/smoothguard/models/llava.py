@@ -57,8 +57,7 @@ class ClipStyleImageAdapter(MLLMAdapter):
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
         # The processor expands the image placeholder to the number of image tokens; the pixel
         # values it computes on the way are discarded (ours come from ``preprocess``).
-        encoded = self.processor(text=self.chat_prompt(prompt), images=to_uint8_image(media),
-                                 return_tensors="pt")
+        encoded = self.processor(text=self.chat_prompt(prompt), images=to_uint8_image(media), return_tensors="pt")
         return {key: value for key, value in encoded.items() if key in ("input_ids", "attention_mask")}
 
 

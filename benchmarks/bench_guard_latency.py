@@ -1,0 +1,140 @@
+"""Latency of SmoothGuard's batched generation against the undefended model and the
+one-call-per-copy loop of the authors' scripts, measured side by side in one run.
+
+    python benchmarks/bench_guard_latency.py                      # tiny LLaVA, CPU
+    python benchmarks/bench_guard_latency.py --image-size 336 --patch-size 14 --hidden-size 4096 \
+        --layers 32 --device cuda --dtype bfloat16                 # LLaVA-1.5-7B-shaped, random weights
+
+Arms (same model, image, prompt and number of new tokens; every answer is forced to
+``--new-tokens`` tokens so that arms generate equal work):
+  (a) one undefended generation (clean input only);
+  (b) SmoothGuard, num_copies=10: all 11 candidates in ONE generate call;
+  (c) the same 11 candidate inputs, one generate call each.
+Prints the median of ``--repeats`` runs per arm, the ratios b/a and c/b, and SmoothGuard's
+embed + cluster time (packaged all-MiniLM-L6-v2 on the CPU) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+import transformers
+
+from smoothguard import SmoothGuard, load_model
+from smoothguard.testing import save_tiny_llava
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=336, help="vision input side (LLaVA-1.5: 336)")
+    parser.add_argument("--patch-size", type=int, default=14, help="(LLaVA-1.5: 14 -> 576 image tokens)")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--num-copies", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = parser.parse_args()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_tiny_llava(
+            folder,
+            image_size=args.image_size,
+            patch_size=args.patch_size,
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+        )
+        model = load_model(folder, device=args.device, dtype=args.dtype)
+    generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    image = torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(0))
+    prompt = "What is in the image?"
+    baseline = SmoothGuard(model, num_copies=0)
+    guard = SmoothGuard(model, sigma=0.1, num_copies=args.num_copies)
+    queries = guard.candidates(prompt, image)
+    guard.embedder  # load once, outside the timings  # noqa: B018
+
+    undefended = median_seconds(lambda: model.generate(queries[:1], **generation), args.repeats)
+    batched = median_seconds(lambda: model.generate(queries, **generation), args.repeats)
+    loop = median_seconds(lambda: [model.generate([q], **generation) for q in queries], args.repeats)
+    undefended_total = median_seconds(lambda: baseline.generate(prompt, image=image, **generation), args.repeats)
+    results = []
+    defended_total = median_seconds(
+        lambda: results.append(guard.generate(prompt, image=image, **generation)), args.repeats
+    )
+    stage = {key: statistics.median(r.timings[key] for r in results[1:]) for key in ("embed", "cluster")}
+
+    tokens = (args.image_size // args.patch_size) ** 2
+    figures = {
+        "machine": machine(),
+        "model": f"random LLaVA, {tokens} image tokens, hidden {args.hidden_size}, {args.layers} layers, "
+        f"{model.describe()['dtype']}",
+        "candidates": args.num_copies + 1,
+        "new_tokens": args.new_tokens,
+        "a_undefended_generate_s": undefended,
+        "b_smoothguard_generate_s": batched,
+        "c_one_call_per_copy_s": loop,
+        "embed_s": stage["embed"],
+        "cluster_s": stage["cluster"],
+        "undefended_end_to_end_s": undefended_total,
+        "smoothguard_end_to_end_s": defended_total,
+        "ratio_b_over_a": batched / undefended,
+        "ratio_c_over_b": loop / batched,
+        "ratio_end_to_end": defended_total / undefended_total,
+    }
+    print(f"machine: {figures['machine']}")
+    print(f"model:   {figures['model']}; {figures['candidates']} candidates x {args.new_tokens} new tokens")
+    print(f"generation stage (median of {args.repeats} runs):")
+    print(f"  (a) undefended, 1 candidate         {undefended * 1000:9.1f} ms")
+    print(f"  (b) SmoothGuard, 1 batched call     {batched * 1000:9.1f} ms   b/a = {figures['ratio_b_over_a']:.2f}x")
+    print(f"  (c) one generate call per copy      {loop * 1000:9.1f} ms   c/b = {figures['ratio_c_over_b']:.2f}x")
+    print(
+        f"  SmoothGuard embed + cluster         {(stage['embed'] + stage['cluster']) * 1000:9.1f} ms "
+        f"(embed {stage['embed'] * 1000:.1f}, cluster {stage['cluster'] * 1000:.1f})"
+    )
+    print("end to end (load + preprocess + generate [+ embed + cluster]):")
+    print(f"  undefended                          {undefended_total * 1000:9.1f} ms")
+    print(
+        f"  SmoothGuard                         {defended_total * 1000:9.1f} ms   ratio = "
+        f"{figures['ratio_end_to_end']:.2f}x"
+    )
+    if args.json:
+        print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

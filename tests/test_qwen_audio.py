@@ -1,0 +1,111 @@
+"""Qwen2-Audio adapter on a tiny random model: differentiable features vs the processor, prompt
+expansion, batched greedy generation, and input/config errors."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from smoothguard.errors import ConfigError, InputError
+from smoothguard.models.auto import load_model
+from smoothguard.models.qwen_audio import QwenAudioAdapter
+from smoothguard.testing import save_tiny_qwen2_audio
+
+SAMPLING_RATE = 16000
+
+
+def make_clip(seconds: float, seed: int = 0, amplitude: float = 0.5) -> torch.Tensor:
+    """A tone plus noise in [-1, 1], [round(seconds * 16000)] samples."""
+    rng = np.random.default_rng(seed)
+    num_samples = round(seconds * SAMPLING_RATE)
+    t = np.arange(num_samples) / SAMPLING_RATE
+    wave = 0.6 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.4 * rng.uniform(-1, 1, num_samples)
+    return torch.from_numpy((amplitude * wave).astype(np.float32))
+
+
+def processor_features(adapter: QwenAudioAdapter, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+    waveform = clip.numpy()
+    return adapter.processor(
+        text=adapter.chat_prompt("hi", waveform),
+        audio=waveform,
+        sampling_rate=SAMPLING_RATE,
+        return_tensors="pt",
+    )
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> QwenAudioAdapter:
+    folder = save_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny_qwen2_audio"))
+    return load_model(folder, device="cpu")
+
+
+def test_load_model_picks_the_audio_adapter(adapter: QwenAudioAdapter) -> None:
+    assert isinstance(adapter, QwenAudioAdapter)
+    assert adapter.sampling_rate == SAMPLING_RATE
+    assert (adapter.family, adapter.modality, adapter.noise_spaces) == ("qwen2_audio", "audio", ("waveform",))
+
+
+@pytest.mark.parametrize("seconds", [1.0, 3.7, 30.0])
+def test_preprocess_matches_the_processor(adapter: QwenAudioAdapter, seconds: float) -> None:
+    # Two copies at very different loudness: the max - 8 floor must be taken per row.
+    clips = [make_clip(seconds, seed=1), make_clip(seconds, seed=2, amplitude=1e-3)]
+    ours = adapter.preprocess(torch.stack(clips))
+    assert ours["input_features"].shape == (2, 128, 3000)
+    for row, clip in enumerate(clips):
+        expected = processor_features(adapter, clip)
+        deviation = (ours["input_features"][row] - expected["input_features"][0]).abs()
+        assert deviation.max() < 1e-5 and deviation.mean() < 1e-7  # measured: 2.4e-7, 4.4e-9
+        assert ours["feature_attention_mask"][row].dtype == expected["feature_attention_mask"].dtype
+        assert torch.equal(ours["feature_attention_mask"][row], expected["feature_attention_mask"][0])
+
+
+def test_gradients_reach_the_waveform(adapter: QwenAudioAdapter) -> None:
+    waveform = make_clip(1.3).unsqueeze(0).requires_grad_(True)
+    adapter.preprocess(waveform)["input_features"].sum().backward()
+    assert waveform.grad is not None and waveform.grad.shape == waveform.shape
+    assert torch.isfinite(waveform.grad).all() and waveform.grad.abs().sum() > 0
+
+
+def test_prompt_text_expands_one_audio_token_per_40_ms(adapter: QwenAudioAdapter) -> None:
+    text = adapter.prompt_text("What do you hear?", make_clip(2.0))
+    assert set(text) == {"input_ids", "attention_mask"}
+    assert text["input_ids"].shape == text["attention_mask"].shape and text["input_ids"].shape[0] == 1
+    audio_token_id = adapter.model.config.audio_token_id
+    assert int((text["input_ids"] == audio_token_id).sum()) == 50
+
+
+def test_generate_returns_strings(adapter: QwenAudioAdapter) -> None:
+    answers = adapter.generate([adapter.encode("What do you hear?", make_clip(1.0))], max_new_tokens=4)
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_batched_generation_equals_one_by_one(adapter: QwenAudioAdapter) -> None:
+    queries = [
+        adapter.encode("Hi?", make_clip(0.5, seed=0)),
+        adapter.encode("Listen to the audio clip and say what you hear in detail.", make_clip(2.3, seed=1)),
+        adapter.encode("Is there a bird or a car engine?", make_clip(7.0, seed=2)),
+    ]
+    assert len({q.text["input_ids"].shape[1] for q in queries}) == 3
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8}
+    batched = adapter.generate(queries, **kwargs)
+    single = [adapter.generate([query], **kwargs)[0] for query in queries]
+    assert batched == single
+    assert all(batched)
+
+
+def test_audio_over_30_seconds_is_rejected(adapter: QwenAudioAdapter) -> None:
+    too_long = torch.zeros(30 * SAMPLING_RATE + 1)
+    with pytest.raises(InputError, match="30 s"):
+        adapter.preprocess(too_long.unsqueeze(0))
+    with pytest.raises(InputError, match="30 s"):
+        adapter.encode("What do you hear?", too_long)
+
+
+def test_image_noise_space_is_rejected(adapter: QwenAudioAdapter) -> None:
+    adapter.check_noise_space("waveform")
+    with pytest.raises(ConfigError, match="waveform"):
+        adapter.check_noise_space("pixel")
