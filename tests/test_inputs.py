@@ -37,9 +37,7 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def _header_only_png(path: Path, width: int, height: int) -> Path:
     """A few dozen bytes declaring a huge RGB image, with (almost) no pixel data behind the header."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    data = (
-        _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b"")
-    )
+    data = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _png_chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
     return path
 
@@ -83,9 +81,7 @@ def test_palette_image_uses_its_colors(tmp_path: Path) -> None:
     image.putdata([0, 1, 2, 3])
     image.save(tmp_path / "p.png")
     out = _rgb_hwc(load_image(tmp_path / "p.png")) * 255
-    np.testing.assert_allclose(
-        out.reshape(4, 3), [[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], atol=1e-4
-    )
+    np.testing.assert_allclose(out.reshape(4, 3), [[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], atol=1e-4)
 
 
 def test_palette_transparency_composited_on_white_like_transformers(tmp_path: Path) -> None:
@@ -242,9 +238,7 @@ def test_float_tensor_keeps_gradient(shape: tuple[int, ...]) -> None:
     assert out.shape == (3, 4, 5) and out.dtype == torch.float32 and out.requires_grad
     (out * torch.arange(60.0).reshape(3, 4, 5)).sum().backward()
     assert source.grad is not None
-    torch.testing.assert_close(
-        source.grad.reshape(3, 4, 5), torch.arange(60.0, dtype=torch.float64).reshape(3, 4, 5)
-    )
+    torch.testing.assert_close(source.grad.reshape(3, 4, 5), torch.arange(60.0, dtype=torch.float64).reshape(3, 4, 5))
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (1, 4, 5)])
@@ -382,9 +376,7 @@ def test_pil_bomb_error_and_warning_become_input_error(tmp_path: Path, side: int
 
 
 def _sine(frequency: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
-    return (amplitude * np.sin(2 * np.pi * frequency * np.arange(int(rate * seconds)) / rate)).astype(
-        np.float32
-    )
+    return (amplitude * np.sin(2 * np.pi * frequency * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
 
 
 def test_stereo_int16_wav_is_mean_mono(tmp_path: Path) -> None:

@@ -77,9 +77,7 @@ def _validate(
     if not _is_int(seed) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     if prefer_index is not None and (not _is_int(prefer_index) or not 0 <= prefer_index < len(texts)):
-        raise ConfigError(
-            f"prefer_index must be None or an index in [0, {len(texts)}), got {prefer_index!r}."
-        )
+        raise ConfigError(f"prefer_index must be None or an index in [0, {len(texts)}), got {prefer_index!r}.")
     return texts, x
 
 

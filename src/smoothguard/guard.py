@@ -141,9 +141,14 @@ class SmoothGuard:
         """Answer ``prompt`` about ``image`` (path, PIL, array or [3, H, W] tensor in [0, 1]) or
         ``audio`` (path, array or (array, rate)) through SmoothGuard. ``generate_kwargs`` go to HF
         ``generate`` (greedy by default)."""
-        media = None if image is None and audio is None else [image if audio is None else audio]
         if image is not None and audio is not None:
             raise InputError("pass either image= or audio=, not both")
+        given = "image" if image is not None else "audio" if audio is not None else None
+        if given is not None and given != self.model.modality:
+            raise InputError(
+                f"{self.model.name} is an {self.model.modality} model: pass {self.model.modality}=, not {given}="
+            )
+        media = None if given is None else [image if given == "image" else audio]
         return self.generate_batch([prompt], media, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def generate_batch(

@@ -150,9 +150,7 @@ def _high_depth_gray(image: Image.Image, label: str) -> torch.Tensor:
     codes = np.asarray(image)
     if image.mode == "I":
         if codes.min() < 0 or codes.max() > np.iinfo(np.uint16).max:
-            raise InputError(
-                f"{label}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bit"
-            )
+            raise InputError(f"{label}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bit")
         codes = codes.astype(np.uint16)
     gray = _unit_pixels(codes, label)
     transparency = image.info.get("transparency")
@@ -217,9 +215,7 @@ def _channels_first(values: _Array, label: str) -> _Array:
 def _check_image_size(width: int, height: int, label: str, max_pixels: int) -> None:
     """Refuse images smaller than 2x2 or with more than ``max_pixels`` pixels."""
     if width < _MIN_SIDE or height < _MIN_SIDE:
-        raise InputError(
-            f"{label}: image is {width}x{height} pixels; images must be at least {_MIN_SIDE}x{_MIN_SIDE}"
-        )
+        raise InputError(f"{label}: image is {width}x{height} pixels; images must be at least {_MIN_SIDE}x{_MIN_SIDE}")
     if width * height > max_pixels:
         raise InputError(
             f"{label}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
@@ -251,9 +247,7 @@ def _unit_pixels(values: np.ndarray | torch.Tensor, label: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
-def _check_float_range(
-    values: np.ndarray | torch.Tensor, low: float, high: float, label: str, fix: str
-) -> None:
+def _check_float_range(values: np.ndarray | torch.Tensor, low: float, high: float, label: str, fix: str) -> None:
     """Refuse NaN / inf and values outside ``[low, high]``; reads a detached view (no autograd)."""
     if isinstance(values, torch.Tensor):
         values = values.detach()
@@ -264,9 +258,7 @@ def _check_float_range(
         raise InputError(f"{label}: contains NaN or infinite values; pass finite numbers")
     minimum, maximum = float(values.min()), float(values.max())
     if minimum < low or maximum > high:
-        raise InputError(
-            f"{label}: values out of [{low:g}, {high:g}] (min {minimum:.4g}, max {maximum:.4g}); {fix}"
-        )
+        raise InputError(f"{label}: values out of [{low:g}, {high:g}] (min {minimum:.4g}, max {maximum:.4g}); {fix}")
 
 
 # ------------------------------------------------------------------------------------------------ audio
@@ -325,9 +317,7 @@ def _checked_rate(rate: object, what: str) -> int:
     return int(rate)
 
 
-def _read_audio_file(
-    source: PathSource, label: str, max_seconds: float, max_file_bytes: int
-) -> tuple[np.ndarray, int]:
+def _read_audio_file(source: PathSource, label: str, max_seconds: float, max_file_bytes: int) -> tuple[np.ndarray, int]:
     """Audio file -> (float32 ``[T, C]`` samples, rate in Hz); duration is checked before decoding."""
     path = os.fspath(_checked_file(source, label, max_file_bytes, kind="audio"))
     try:
@@ -337,9 +327,7 @@ def _read_audio_file(
     except InputError:
         raise
     except _AUDIO_READ_ERRORS as exc:
-        raise InputError(
-            f"{label}: not a readable audio file ({exc}); pass a complete WAV, FLAC or OGG file"
-        ) from exc
+        raise InputError(f"{label}: not a readable audio file ({exc}); pass a complete WAV, FLAC or OGG file") from exc
     return samples, int(rate)
 
 
@@ -398,9 +386,7 @@ def _unit_samples(values: AudioArray, label: str) -> torch.Tensor:
     elif np.issubdtype(pcm.dtype, np.signedinteger) and pcm.dtype.itemsize <= 4:
         scaled = pcm.astype(np.float32) / float(2 ** (8 * pcm.dtype.itemsize - 1))
     else:
-        raise InputError(
-            f"{label}: unsupported sample dtype {pcm.dtype}; use float in [-1, 1] or int16 / int32 PCM"
-        )
+        raise InputError(f"{label}: unsupported sample dtype {pcm.dtype}; use float in [-1, 1] or int16 / int32 PCM")
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
@@ -426,9 +412,7 @@ def validate_prompt(prompt: object, *, max_chars: int = 32_000) -> str:
     if not prompt.strip():
         raise InputError("prompt: is empty or whitespace only; pass the question to ask")
     if len(prompt) > max_chars:
-        raise InputError(
-            f"prompt: {len(prompt):,} characters, over the limit of {max_chars:,} (max_chars); shorten it"
-        )
+        raise InputError(f"prompt: {len(prompt):,} characters, over the limit of {max_chars:,} (max_chars); shorten it")
     if "\x00" in prompt:
         raise InputError("prompt: contains a NUL character (\\x00); remove it")
     return prompt
@@ -443,16 +427,10 @@ def _checked_file(source: PathSource, label: str, max_file_bytes: int, *, kind: 
     try:
         info = path.stat()
     except FileNotFoundError:
-        hint = (
-            "URLs are not fetched: download the file first"
-            if "://" in os.fspath(source)
-            else "check the path"
-        )
+        hint = "URLs are not fetched: download the file first" if "://" in os.fspath(source) else "check the path"
         raise InputError(f"{label}: no such file; {hint}") from None
     except OSError as exc:
-        raise InputError(
-            f"{label}: cannot be accessed ({exc.strerror}); check the path and permissions"
-        ) from exc
+        raise InputError(f"{label}: cannot be accessed ({exc.strerror}); check the path and permissions") from exc
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{label}: is a directory; pass the path of one {kind} file")
     if not stat.S_ISREG(info.st_mode):

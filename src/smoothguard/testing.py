@@ -302,27 +302,41 @@ def save_tiny_qwen_vl(
         "num_key_value_heads": 1,
         "max_position_embeddings": 4096,
         # M-RoPE splits the head_dim / 2 rotary frequencies into (temporal, height, width) sections.
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                            "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
+        },
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": None,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    vision = {"depth": num_layers, "num_heads": 2, "patch_size": patch_size, "spatial_merge_size": 2,
-              "temporal_patch_size": 2}
-    token_ids = {
-        f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{name}|>")
-        for name in ("vision_start", "vision_end")
+    vision = {
+        "depth": num_layers,
+        "num_heads": 2,
+        "patch_size": patch_size,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
     }
-    token_ids.update(image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-                     video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+    token_ids = {
+        f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in ("vision_start", "vision_end")
+    }
+    token_ids.update(
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
     if version == "2":
         vision.update(embed_dim=hidden_size // 2, hidden_size=hidden_size, mlp_ratio=2)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)
         model_class, processor_class = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     else:
-        vision.update(hidden_size=hidden_size // 2, intermediate_size=hidden_size, out_hidden_size=hidden_size,
-                      window_size=4 * patch_size, fullatt_block_indexes=[num_layers - 1])
+        vision.update(
+            hidden_size=hidden_size // 2,
+            intermediate_size=hidden_size,
+            out_hidden_size=hidden_size,
+            window_size=4 * patch_size,
+            fullatt_block_indexes=[num_layers - 1],
+        )
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)
         model_class, processor_class = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     torch.manual_seed(seed)
@@ -338,3 +352,26 @@ def save_tiny_qwen_vl(
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+BUILDERS = {
+    "llava": save_tiny_llava,
+    "qwen2-vl": lambda folder: save_tiny_qwen_vl(folder, version="2"),
+    "qwen2.5-vl": lambda folder: save_tiny_qwen_vl(folder, version="2.5"),
+    "qwen2-audio": save_tiny_qwen2_audio,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m smoothguard.testing FAMILY FOLDER``: save a tiny random model of FAMILY."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m smoothguard.testing", description=main.__doc__)
+    parser.add_argument("family", choices=sorted(BUILDERS))
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    print(BUILDERS[args.family](args.folder))
+
+
+if __name__ == "__main__":
+    main()

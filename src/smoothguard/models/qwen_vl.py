@@ -1,0 +1,212 @@
+"""Qwen2-VL and Qwen2.5-VL families (``Qwen2VLForConditionalGeneration`` /
+``Qwen2_5_VLForConditionalGeneration``, e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``).
+
+The image processor resizes each image to a multiple of ``patch_size * merge_size`` pixels
+(``smart_resize``), normalises it, repeats it ``temporal_patch_size`` times and cuts it into
+``P = (H / patch_size) * (W / patch_size)`` flattened patches: ``pixel_values`` [P, C*T*ps*ps] per
+image plus ``image_grid_thw`` [1, 3] = (1, H / ps, W / ps). ``QwenVLPreprocessor`` does the same in
+torch so gradients reach the pixels. Both versions share that processor and this adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from smoothguard.errors import InputError, UnsupportedError
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.image_ops import resample_mode, resize
+from smoothguard.models.llava import to_uint8_image
+
+# The per-token keys of the processor's text output that ``generate`` needs: ``mm_token_type_ids``
+# (0 text, 1 image) tells the model where the image tokens are for its 3-D rotary positions.
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's output size for an image of (height, width): both sides multiples of ``factor``,
+    ``min_pixels <= h * w <= max_pixels``, aspect ratio kept as well as possible (HF rounding)."""
+    if max(height, width) / min(height, width) > 200:
+        raise InputError(
+            f"the image is {height}x{width} pixels; Qwen-VL needs an aspect ratio below 200, crop or pad it"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclass(frozen=True)
+class QwenVLPreprocessor:
+    """The Qwen2-VL image processor as a differentiable function.
+
+    ``__call__``: pixels [B, 3, H, W] in [0, 1] -> ``pixel_values`` [B * P, 3 * T * ps * ps]
+    (normalised: ``(x - mean) / std``, patches in HF order) and ``image_grid_thw`` [B, 3] (int64,
+    ``(1, h / ps, w / ps)`` for the ``smart_resize`` output size (h, w); every copy has the same grid).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    mode: str = "bicubic"
+
+    @classmethod
+    def from_image_processor(cls, ip: Any) -> QwenVLPreprocessor:
+        """Read the settings of a ``Qwen2VLImageProcessor`` (either backend)."""
+        if not getattr(ip, "do_normalize", True) or not getattr(ip, "do_resize", True):
+            raise UnsupportedError(f"{type(ip).__name__} must resize and normalise for the differentiable path")
+        if not getattr(ip, "do_rescale", True) or abs(getattr(ip, "rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+            raise UnsupportedError(f"{type(ip).__name__} does not rescale 8-bit pixels by 1/255")
+        return cls(
+            mean=tuple(float(m) for m in ip.image_mean),
+            std=tuple(float(s) for s in ip.image_std),
+            patch_size=int(ip.patch_size),
+            merge_size=int(ip.merge_size),
+            temporal_patch_size=int(ip.temporal_patch_size),
+            min_pixels=int(ip.size["shortest_edge"]),
+            max_pixels=int(ip.size["longest_edge"]),
+            mode=resample_mode(getattr(ip, "resample", 3)),
+        )
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image of this size is resized to."""
+        factor = self.patch_size * self.merge_size
+        return smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, channels = pixels.shape[:2]
+        height, width = self.output_size(*pixels.shape[-2:])
+        pixels = resize(pixels, height, width, mode=self.mode)
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        pixels = (pixels - mean) / std
+        ps, ms, tps = self.patch_size, self.merge_size, self.temporal_patch_size
+        grid_h, grid_w = height // ps, width // ps
+        patches = pixels.reshape(batch, channels, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
+        # [B, gh/m, gw/m, m, m, C, ps, ps]: merge windows row-major, then C, then the patch.
+        patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
+        # One still image fills every temporal slot: [B, gh/m, gw/m, m, m, C, T, ps, ps].
+        patches = patches.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, tps, -1, -1)
+        pixel_values = patches.reshape(batch * grid_h * grid_w, channels * tps * ps * ps)
+        grid = torch.tensor([[1, grid_h, grid_w]], dtype=torch.long, device=pixels.device).expand(batch, 3)
+        return {"pixel_values": pixel_values, "image_grid_thw": grid.contiguous()}
+
+
+def image_only_processor_class(processor_class: type) -> type:
+    """``processor_class`` (``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor``) without a video processor.
+
+    ``ProcessorMixin`` takes its sub-processors from the ``__init__`` parameters and type-checks each
+    (the video check needs torchvision), so this ``__init__`` has no ``video_processor``; the ``None``
+    passed on for it is dropped. The class keeps its HF name, so ``save_pretrained`` writes the
+    folder a full processor would, minus the video processor.
+    """
+
+    def __init__(
+        self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs: Any
+    ) -> None:
+        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return type(processor_class.__name__, (processor_class,), {"__init__": __init__, "__module__": __name__})
+
+
+class QwenVLAdapter(MLLMAdapter):
+    """Qwen2-VL / Qwen2.5-VL: a ViT over 14 px patches, 2x2 patches merged into one LLM token, and
+    3-D rotary positions (temporal, row, column) for the image tokens.
+
+    ``family`` is ``"qwen_vl"`` for both versions (same processor and adapter; ``name`` and the
+    model's ``config.model_type`` tell them apart). ``normalized`` noise is added to the patch rows
+    of ``pixel_values``; ``pixel`` noise to the [0, 1] pixels before ``preprocess``.
+    """
+
+    family = "qwen_vl"
+    modality = "image"
+    noise_spaces = ("normalized", "pixel")
+    normalized_key = "pixel_values"
+
+    @classmethod
+    def load_processor(cls, source: str, **kwargs: Any) -> Any:
+        """The checkpoint's processor via ``AutoProcessor``; where that fails on the VIDEO processor
+        (transformers 5.x builds it only with torchvision, and a folder may have no video config), an
+        image-only ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` from the checkpoint's image
+        processor (PIL backend without torchvision), tokenizer and chat template. Other errors propagate.
+        """
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoProcessor,
+            AutoTokenizer,
+            Qwen2_5_VLProcessor,
+            Qwen2VLProcessor,
+        )
+
+        try:
+            return AutoProcessor.from_pretrained(source, **kwargs)
+        except (ImportError, OSError) as exc:
+            if "video" not in str(exc).lower():
+                raise
+        model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
+        processor_class = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        processor_dict, _ = processor_class.get_processor_dict(source, **kwargs)
+        chat_template = processor_dict.get("chat_template") or tokenizer.chat_template
+        return image_only_processor_class(processor_class)(
+            image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+        )
+
+    def __init__(self, model: Any, processor: Any, name: str) -> None:
+        super().__init__(model, processor, name)
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is None:
+            raise UnsupportedError(f"the processor of {name} has no image processor")
+        self.pixel_path = QwenVLPreprocessor.from_image_processor(image_processor)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The processor's per-channel normalisation constants (pixel units in [0, 1])."""
+        return self.pixel_path.mean, self.pixel_path.std
+
+    def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pixels [B, 3, H, W] in [0, 1] -> ``pixel_values`` [B * P, 3 * T * ps * ps] and
+        ``image_grid_thw`` [B, 3]; differentiable w.r.t. the pixels."""
+        return self.pixel_path(media.float())
+
+    def slice_media(self, media: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+        """Copy ``index``: its rows of ``pixel_values`` ([P, D], P = t * h * w of its grid) and its
+        ``image_grid_thw`` row ([1, 3])."""
+        grid = media["image_grid_thw"]
+        rows = grid.prod(dim=-1).tolist()
+        start = sum(rows[:index])
+        return {
+            "pixel_values": media["pixel_values"][start : start + rows[index]],
+            "image_grid_thw": grid[index : index + 1],
+        }
+
+    def chat_prompt(self, prompt: str) -> str:
+        """``prompt`` in the model's chat template with one image before it, e.g.
+        ``<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>...``."""
+        if getattr(self.processor, "chat_template", None) is None:
+            raise UnsupportedError(f"{self.name} ships no chat template; pass a model folder that has one")
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The processor expands <|image_pad|> to the image's token count (grid h * w / merge**2);
+        # the pixel values it computes on the way are discarded (ours come from ``preprocess``).
+        encoded = self.processor(text=self.chat_prompt(prompt), images=to_uint8_image(media), return_tensors="pt")
+        return {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
