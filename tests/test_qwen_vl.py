@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from smoothguard.models.auto import load_model
-from smoothguard.models.llava import to_uint8_image
+from smoothguard.models.image import to_uint8_image
 from smoothguard.models.qwen_vl import QwenVLAdapter
 from smoothguard.testing import save_tiny_qwen_vl
 

@@ -17,13 +17,8 @@ from typing import Any
 import torch
 
 from smoothguard.errors import InputError, UnsupportedError
-from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.image import ImageAdapter
 from smoothguard.models.image_ops import resample_mode, resize
-from smoothguard.models.llava import to_uint8_image
-
-# The per-token keys of the processor's text output that ``generate`` needs: ``mm_token_type_ids``
-# (0 text, 1 image) tells the model where the image tokens are for its 3-D rotary positions.
-_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -123,7 +118,7 @@ def image_only_processor_class(processor_class: type) -> type:
     return type(processor_class.__name__, (processor_class,), {"__init__": __init__, "__module__": __name__})
 
 
-class QwenVLAdapter(MLLMAdapter):
+class QwenVLAdapter(ImageAdapter):
     """Qwen2-VL / Qwen2.5-VL: a ViT over 14 px patches, 2x2 patches merged into one LLM token, and
     3-D rotary positions (temporal, row, column) for the image tokens.
 
@@ -133,9 +128,6 @@ class QwenVLAdapter(MLLMAdapter):
     """
 
     family = "qwen_vl"
-    modality = "image"
-    noise_spaces = ("normalized", "pixel")
-    normalized_key = "pixel_values"
 
     @classmethod
     def load_processor(cls, source: str, **kwargs: Any) -> Any:
@@ -169,17 +161,9 @@ class QwenVLAdapter(MLLMAdapter):
             chat_template=chat_template,
         )
 
-    def __init__(self, model: Any, processor: Any, name: str) -> None:
-        super().__init__(model, processor, name)
-        image_processor = getattr(processor, "image_processor", None)
-        if image_processor is None:
-            raise UnsupportedError(f"the processor of {name} has no image processor")
-        self.pixel_path = QwenVLPreprocessor.from_image_processor(image_processor)
-
-    @property
-    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The processor's per-channel normalisation constants (pixel units in [0, 1])."""
-        return self.pixel_path.mean, self.pixel_path.std
+    @classmethod
+    def build_pixel_path(cls, image_processor: Any) -> QwenVLPreprocessor:
+        return QwenVLPreprocessor.from_image_processor(image_processor)
 
     def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pixels [B, 3, H, W] in [0, 1] -> ``pixel_values`` [B * P, 3 * T * ps * ps] and
@@ -196,17 +180,3 @@ class QwenVLAdapter(MLLMAdapter):
             "pixel_values": media["pixel_values"][start : start + rows[index]],
             "image_grid_thw": grid[index : index + 1],
         }
-
-    def chat_prompt(self, prompt: str) -> str:
-        """``prompt`` in the model's chat template with one image before it, e.g.
-        ``<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>...``."""
-        if getattr(self.processor, "chat_template", None) is None:
-            raise UnsupportedError(f"{self.name} ships no chat template; pass a model folder that has one")
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-
-    def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
-        # The processor expands <|image_pad|> to the image's token count (grid h * w / merge**2);
-        # the pixel values it computes on the way are discarded (ours come from ``preprocess``).
-        encoded = self.processor(text=self.chat_prompt(prompt), images=to_uint8_image(media), return_tensors="pt")
-        return {key: encoded[key] for key in _TEXT_KEYS if key in encoded}
