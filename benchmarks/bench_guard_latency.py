@@ -1,9 +1,8 @@
 """Latency of SmoothGuard's batched generation against the undefended model and the
 one-call-per-copy loop of the authors' scripts, measured side by side in one run.
 
-    python benchmarks/bench_guard_latency.py                      # tiny LLaVA, CPU
-    python benchmarks/bench_guard_latency.py --image-size 336 --patch-size 14 --hidden-size 4096 \
-        --layers 32 --device cuda --dtype bfloat16                 # LLaVA-1.5-7B-shaped, random weights
+    python benchmarks/bench_guard_latency.py        # random LLaVA, 576 image tokens (LLaVA-1.5's), CPU
+    python benchmarks/bench_guard_latency.py --image-size 32 --patch-size 8 --hidden-size 32  # test-size
 
 Arms (same model, image, prompt and number of new tokens; every answer is forced to
 ``--new-tokens`` tokens so that arms generate equal work):
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=14, help="(LLaVA-1.5: 14 -> 576 image tokens)")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128, help="(paper: 128 for POPE, MM-SafetyBench)")
     parser.add_argument("--num-copies", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from smoothguard.cluster import ClusterOutcome, aggregate
+from smoothguard.cluster import aggregate
 from smoothguard.embed import Embedder, load_embedder
 from smoothguard.errors import ConfigError, InputError, UnsupportedError
 from smoothguard.inputs import load_audio, load_image, validate_prompt
@@ -165,6 +166,8 @@ class SmoothGuard:
         ``media``: one image or audio input per prompt, of the model's modality.
         """
         started = time.perf_counter()
+        if isinstance(prompts, str):
+            raise InputError("generate_batch takes a list of prompts; use generate() for one")
         if media is None or len(media) != len(prompts):
             raise InputError(f"{self.model.name} needs one {self.model.modality} per prompt")
         _check_int("max_new_tokens", max_new_tokens, minimum=1)
@@ -179,12 +182,19 @@ class SmoothGuard:
         for start in range(0, len(flat), step):
             answers += self.model.generate(flat[start : start + step], max_new_tokens=max_new_tokens, **generate_kwargs)
         generated = time.perf_counter()
-        embeddings = self.embedder.embed(answers) if self.num_copies else None
+        # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
+        embeddings = self.embedder.embed(answers) if self.num_copies else np.zeros((len(answers), 1), np.float32)
         embedded = time.perf_counter()
         per_query = self.num_copies + 1
         groups = [answers[i : i + per_query] for i in range(0, len(answers), per_query)]
         outcomes = [
-            self._aggregate(group, None if embeddings is None else embeddings[i * per_query : (i + 1) * per_query])
+            aggregate(
+                group,
+                embeddings[i * per_query : (i + 1) * per_query],
+                num_clusters=self.num_clusters,
+                seed=self.seed,
+                prefer_index=CLEAN_INDEX,
+            )
             for i, group in enumerate(groups)
         ]
         clustered = time.perf_counter()
@@ -240,19 +250,6 @@ class SmoothGuard:
         if sampling_rate is None:
             raise UnsupportedError(f"{self.model.name} does not declare an audio sampling rate")
         return load_audio(source, sampling_rate=sampling_rate, name=name)
-
-    def _aggregate(self, answers: list[str], embeddings: Any) -> ClusterOutcome:
-        if embeddings is None:
-            return ClusterOutcome(
-                labels=[0],
-                majority_label=0,
-                chosen_index=CLEAN_INDEX,
-                majority_fraction=1.0,
-                cluster_sizes=[1],
-                num_distinct=1,
-                similarity_to_centroid=[1.0],
-            )
-        return aggregate(answers, embeddings, num_clusters=self.num_clusters, seed=self.seed, prefer_index=CLEAN_INDEX)
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
