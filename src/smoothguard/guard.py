@@ -230,15 +230,7 @@ class SmoothGuard:
         text = self.model.prompt_text(prompt, media)
         with torch.no_grad():
             clean = self.model.preprocess(media.unsqueeze(0))
-            if self.num_copies == 0:
-                return [Query(text, clean)]
-            if self.noise.space == "normalized":
-                key = self.model.normalized_key
-                noisy = self.noise.perturb(clean[key], self.num_copies, self.seed)
-                copies = [{**clean, key: noisy[i]} for i in range(self.num_copies)]
-            else:
-                noisy_media = self.model.preprocess(self.noise.perturb(media, self.num_copies, self.seed))
-                copies = [self.model.slice_media(noisy_media, i) for i in range(self.num_copies)]
+            copies = self.noise.copies(self.model, media, self.num_copies, self.seed) if self.num_copies else []
         return [Query(text, clean), *(Query(text, m) for m in copies)]
 
     # ------------------------------------------------------------------ internal

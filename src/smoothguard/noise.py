@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from smoothguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from smoothguard.models.base import MLLMAdapter
 
 NOISE_SPACES = ("normalized", "pixel", "waveform")
 _CLAMP_RANGE = {"pixel": (0.0, 1.0), "waveform": (-1.0, 1.0)}
@@ -58,6 +62,21 @@ class GaussianNoise:
         """Standard normal draws [num_copies, *shape] (float32, CPU), scaled by ``sigma``."""
         generator = torch.Generator().manual_seed(seed)
         return self.sigma * torch.randn((num_copies, *shape), generator=generator)
+
+    def copies(
+        self, adapter: MLLMAdapter, media: torch.Tensor, num_copies: int, seed: int
+    ) -> list[dict[str, torch.Tensor]]:
+        """The model inputs of ``num_copies`` noisy copies of one medium (pixels [3, H, W] in [0, 1] or a
+        waveform [T]): noise on ``adapter.preprocess``'s ``normalized_key`` tensor in normalized space,
+        on the medium itself otherwise. Differentiable w.r.t. ``media`` (the defense runs it under
+        ``no_grad``, the EOT attack through it)."""
+        if self.space == "normalized":
+            clean = adapter.preprocess(media.unsqueeze(0))
+            key = adapter.normalized_key
+            noisy = self.perturb(clean[key], num_copies, seed)
+            return [{**clean, key: noisy[i]} for i in range(num_copies)]
+        noisy_media = adapter.preprocess(self.perturb(media, num_copies, seed))
+        return [adapter.slice_media(noisy_media, i) for i in range(num_copies)]
 
     def perturb(self, x: torch.Tensor, num_copies: int, seed: int) -> torch.Tensor:
         """``x`` [...] -> noisy copies [num_copies, ...] on ``x``'s device, clamped for pixel and

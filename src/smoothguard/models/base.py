@@ -81,14 +81,16 @@ class MLLMAdapter(ABC):
         return self.noise_spaces[0]
 
     def describe(self) -> dict[str, Any]:
-        """Identity written into every result."""
-        return {
+        """Identity written into every result (with ``sampling_rate`` for audio models)."""
+        identity = {
             "name": self.name,
             "family": self.family,
             "modality": self.modality,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
         }
+        rate = getattr(self, "sampling_rate", None)
+        return identity if rate is None else {**identity, "sampling_rate": rate}
 
     # ------------------------------------------------------------- preprocessing
     @abstractmethod

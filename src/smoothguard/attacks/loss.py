@@ -1,0 +1,83 @@
+"""Teacher-forced cross-entropy of target texts given a prompt and a medium, batched over targets.
+
+The batch is ``K`` rows ``[prompt tokens | target tokens | right padding]``; only target tokens
+count (prompt and padding are masked). Right padding keeps every real token at its unpadded
+position, so the loss of a target does not depend on the other targets in the batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from smoothguard.errors import ConfigError
+from smoothguard.models.base import MLLMAdapter
+
+
+def target_token_ids(adapter: MLLMAdapter, target: str) -> list[int]:
+    """Token ids of ``target`` as the model would generate it, closed by the EOS token when the
+    tokenizer has one (so the loss also teaches the model to stop)."""
+    ids = adapter.tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"target {target!r} has no tokens")
+    eos = adapter.tokenizer.eos_token_id
+    return [*ids, eos] if eos is not None else list(ids)
+
+
+def repeat_media(media: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+    """The media tensors of one medium, repeated for ``times`` rows (concatenated along dim 0,
+    as ``MLLMAdapter.collate`` does for separate queries). Gradients flow to every copy."""
+    return {key: torch.cat([value] * times) for key, value in media.items()}
+
+
+def target_losses(
+    adapter: MLLMAdapter,
+    text: dict[str, torch.Tensor],
+    media: dict[str, torch.Tensor],
+    targets: Sequence[str],
+) -> torch.Tensor:
+    """Mean per-token cross-entropy of each target, [K] (differentiable w.r.t. ``media``).
+
+    ``text``: the prompt's ids [1, L] from ``adapter.prompt_text``; ``media``: ONE medium's
+    tensors from ``adapter.preprocess`` (or a noisy version of them).
+    """
+    device = adapter.device
+    prompt_ids = text["input_ids"][0].tolist()
+    target_ids = [target_token_ids(adapter, t) for t in targets]
+    width = len(prompt_ids) + max(len(ids) for ids in target_ids)
+    pad = adapter.tokenizer.pad_token_id if adapter.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(targets), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(targets), width), dtype=torch.long)
+    labels = torch.full((len(targets), width), -100, dtype=torch.long)
+    for row, ids in enumerate(target_ids):
+        end = len(prompt_ids) + len(ids)
+        input_ids[row, :end] = torch.tensor(prompt_ids + ids)
+        attention[row, :end] = 1
+        labels[row, len(prompt_ids) : end] = torch.tensor(ids)
+    batch: dict[str, torch.Tensor] = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+    for key, value in text.items():
+        if key not in batch:  # per-token extras (e.g. Qwen-VL's mm_token_type_ids): 0 on target tokens
+            extra = torch.zeros((len(targets), width), dtype=value.dtype)
+            extra[:, : value.shape[1]] = value[0]
+            batch[key] = extra.to(device)
+    for key, value in repeat_media(media, len(targets)).items():
+        value = value.to(device)
+        batch[key] = value.to(adapter.dtype) if value.is_floating_point() else value
+    keep = width - len(prompt_ids) + 1
+    kwargs = {"logits_to_keep": keep} if _accepts(adapter.model.forward, "logits_to_keep") else {}
+    logits = adapter.model(**batch, **kwargs).logits[:, -keep:].float()
+    # Position t predicts token t + 1: logits [:-1] against labels of the kept window [1:].
+    window_labels = labels[:, -keep:].to(device)
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), window_labels[:, 1:], reduction="none")
+    counted = (window_labels[:, 1:] != -100).float()
+    return (losses * counted).sum(dim=1) / counted.sum(dim=1)
+
+
+def _accepts(fn: object, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,82 @@
+"""What an attack minimises: targeted (make the model say one of the targets) or untargeted (push
+it away from a reference answer). Objectives are stateless per step: the targets of step ``s`` are
+drawn from ``(seed, s)``, so a resumed run sees the same targets as an uninterrupted one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from smoothguard.attacks.eot import step_seed
+from smoothguard.attacks.loss import target_losses
+from smoothguard.errors import ConfigError
+from smoothguard.models.base import MLLMAdapter
+
+
+class Objective(Protocol):
+    """A scalar to minimise for one prompt and one (possibly noisy) medium at attack step ``step``."""
+
+    def __call__(
+        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
+    ) -> torch.Tensor: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True)
+class TargetObjective:
+    """Teacher-forced cross-entropy of target sentences, ``targets_per_step`` of them sampled per
+    step without replacement (Qi et al. sample 8 per step from their corpus)."""
+
+    targets: tuple[str, ...]
+    targets_per_step: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
+            raise ConfigError("targets must be a non-empty list of non-empty strings")
+        if isinstance(self.targets_per_step, bool) or self.targets_per_step < 1:
+            raise ConfigError(f"targets_per_step must be >= 1, got {self.targets_per_step!r}")
+
+    @classmethod
+    def of(cls, targets: Sequence[str] | str, targets_per_step: int = 8, seed: int = 0) -> TargetObjective:
+        return cls((targets,) if isinstance(targets, str) else tuple(targets), targets_per_step, seed)
+
+    def targets_at(self, step: int) -> list[str]:
+        """The targets used at ``step``: all of them if there are at most ``targets_per_step``."""
+        if len(self.targets) <= self.targets_per_step:
+            return list(self.targets)
+        generator = torch.Generator().manual_seed(step_seed(self.seed, step, stream=2))
+        order = torch.randperm(len(self.targets), generator=generator)[: self.targets_per_step]
+        return [self.targets[i] for i in order.tolist()]
+
+    def __call__(
+        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
+    ) -> torch.Tensor:
+        return target_losses(adapter, text, media, self.targets_at(step)).mean()
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "targeted", "targets": list(self.targets), "targets_per_step": self.targets_per_step}
+
+
+@dataclass(frozen=True)
+class AwayObjective:
+    """Untargeted: maximise the cross-entropy of ``reference`` (the clean answer), i.e. minimise
+    its negative."""
+
+    reference: str
+
+    def __post_init__(self) -> None:
+        if not self.reference.strip():
+            raise ConfigError("the reference answer of an untargeted attack must not be empty")
+
+    def __call__(
+        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
+    ) -> torch.Tensor:
+        return -target_losses(adapter, text, media, [self.reference]).mean()
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "untargeted", "reference": self.reference}

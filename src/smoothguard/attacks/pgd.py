@@ -1,0 +1,289 @@
+"""Projected gradient descent on the model's own input space, through the adapter's
+differentiable preprocessing.
+
+``PGD`` attacks one image in [0, 1] pixel space: ``eps`` and ``alpha`` are in 1/255 pixel units
+(L2: the L2 norm of the perturbation, times 255). The perturbation lives on the user's pixels at
+their own size (resizing is part of the differentiable path), and the result is quantised to 8
+bits before its final evaluation, as a saved PNG would be. ``WaveformPGD`` (``attacks/audio.py``)
+does the same on a [-1, 1] waveform with amplitude units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from smoothguard.attacks.eot import EOT, step_seed
+from smoothguard.attacks.objectives import Objective, TargetObjective
+from smoothguard.errors import ConfigError, InputError, UnsupportedError
+from smoothguard.inputs import validate_prompt
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.provenance import versions
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class AttackResult:
+    """An attack's output and record. ``adversarial`` is the final input (images quantised to 8
+    bits), ``losses`` the objective before each step; ``linf`` / ``l2`` are the achieved
+    perturbation norms in the attack's units (1/255 for images, amplitude for audio)."""
+
+    adversarial: torch.Tensor
+    losses: list[float]
+    start_loss: float
+    end_loss: float
+    steps: int
+    linf: float
+    l2: float
+    answer: str
+    target_generated: bool | None
+    seconds: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (without the tensor)."""
+        data = asdict(self)
+        data.pop("adversarial")
+        return data
+
+
+def target_generated(answer: str, target: str) -> bool:
+    """Whether ``answer`` contains ``target`` (case and whitespace insensitive)."""
+    squash = " ".join
+    return squash(target.lower().split()) in squash(answer.lower().split())
+
+
+class PGD:
+    """Sign-gradient PGD in [0, 1] pixel space (Madry et al.; Qi et al.'s visual jailbreak).
+
+    Parameters: ``eps`` budget (1/255 units; ``None`` = unconstrained), ``alpha`` step (1/255),
+    ``steps``, ``norm`` (``linf`` | ``l2``), ``random_start`` (uniform in the eps-ball; when
+    unconstrained, a uniform random input, as Qi et al.), ``eot`` (average the loss over
+    SmoothGuard's noise: the adaptive attack), ``early_stop`` + ``check_every`` (stop once greedy
+    decoding of the quantised input produces the target; single-target attacks only), ``seed``,
+    ``checkpoint_every`` (steps between checkpoints when a checkpoint path is given),
+    ``progress`` (a progress bar showing the loss).
+    """
+
+    modality: ClassVar[str] = "image"
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    unit: ClassVar[float] = 1 / 255
+
+    def __init__(
+        self,
+        *,
+        eps: float | None = 32,
+        alpha: float = 1,
+        steps: int = 100,
+        norm: str = "linf",
+        random_start: bool = True,
+        eot: EOT | None = None,
+        early_stop: bool = True,
+        check_every: int = 10,
+        seed: int = 0,
+        checkpoint_every: int = 50,
+        progress: bool = True,
+    ) -> None:
+        if eps is not None and (not _is_number(eps) or eps < 0):
+            raise ConfigError(f"eps must be a number >= 0 (in {self.unit_name}) or None, got {eps!r}")
+        if not _is_number(alpha) or alpha <= 0:
+            raise ConfigError(f"alpha must be a number > 0 (in {self.unit_name}), got {alpha!r}")
+        if norm not in NORMS:
+            raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        for name, value, minimum in (
+            ("steps", steps, 0),
+            ("check_every", check_every, 1),
+            ("seed", seed, 0),
+            ("checkpoint_every", checkpoint_every, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        self.eps, self.alpha, self.steps, self.norm = eps, alpha, steps, norm
+        self.random_start, self.eot, self.early_stop, self.check_every = random_start, eot, early_stop, check_every
+        self.seed, self.checkpoint_every, self.progress = seed, checkpoint_every, progress
+
+    @property
+    def unit_name(self) -> str:
+        return "1/255 pixel units"
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters that define a run (a checkpoint must match them to resume)."""
+        return {
+            "attack": type(self).__name__,
+            "eps": self.eps,
+            "alpha": self.alpha,
+            "norm": self.norm,
+            "random_start": self.random_start,
+            "seed": self.seed,
+            "eot": None if self.eot is None else self.eot.describe(),
+        }
+
+    # -------------------------------------------------------------------- public
+    def __call__(
+        self,
+        model: MLLMAdapter,
+        medium: torch.Tensor,
+        prompts: str | Sequence[str],
+        objective: Objective,
+        *,
+        checkpoint: str | Path | None = None,
+        max_new_tokens: int = 64,
+    ) -> AttackResult:
+        """Attack ``medium`` (pixels [3, H, W] in [0, 1], or a waveform [T] for ``WaveformPGD``)
+        so that ``objective`` falls for every prompt in ``prompts`` (losses averaged over prompts).
+
+        ``checkpoint``: a ``.safetensors`` path; written every ``checkpoint_every`` steps and, if
+        it exists when the attack starts, resumed from (it must come from the same run).
+        """
+        started = time.perf_counter()
+        if model.modality != self.modality:
+            raise UnsupportedError(
+                f"{type(self).__name__} attacks {self.modality} models; {model.name} is {model.modality}"
+            )
+        prompts = [validate_prompt(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+        if not prompts:
+            raise InputError("an attack needs at least one prompt")
+        x0 = self._check_medium(medium).detach().float().to(model.device)
+        texts = [model.prompt_text(p, x0) for p in prompts]
+        run_config = {**self.config(), "objective": objective.describe(), "prompts": prompts}
+        x, losses = self._start(x0, run_config, checkpoint)
+        target = _single_target(objective)
+        bar = tqdm(total=self.steps, initial=len(losses), desc="attack", disable=not self.progress, leave=False)
+        answer = None
+        for step in range(len(losses), self.steps):
+            x.requires_grad_(True)
+            loss = self._loss(model, texts, x, objective, step)
+            (grad,) = torch.autograd.grad(loss, x)
+            losses.append(loss.item())
+            with torch.no_grad():
+                x = self._project(self._step(x, grad), x0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            done = len(losses)
+            if checkpoint is not None and (done % self.checkpoint_every == 0 or done == self.steps):
+                self._save_checkpoint(Path(checkpoint), x, x0, losses, run_config)
+            if self.early_stop and target is not None and done % self.check_every == 0:
+                answer = self._answer(model, prompts[0], self.finalize(x), max_new_tokens)
+                if target_generated(answer, target):
+                    break
+        bar.close()
+        final = self.finalize(x.detach())
+        with torch.no_grad():
+            start_loss = self._loss(model, texts, x0, objective, 0).item()
+            end_loss = self._loss(model, texts, final, objective, 0).item()
+        answer = self._answer(model, prompts[0], final, max_new_tokens)
+        delta = (final - x0) / self.unit
+        return AttackResult(
+            adversarial=final.cpu(),
+            losses=losses,
+            start_loss=start_loss,
+            end_loss=end_loss,
+            steps=len(losses),
+            linf=round(delta.abs().max().item(), 4),  # 8-bit results: whole 1/255 steps up to float error
+            l2=round(delta.norm().item(), 4),
+            answer=answer,
+            target_generated=None if target is None else target_generated(answer, target),
+            seconds=time.perf_counter() - started,
+            config={**run_config, "steps": self.steps, "model": model.describe(), "versions": versions()},
+        )
+
+    def finalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as it will be saved: images rounded to 8 bits."""
+        return (x * 255).round() / 255
+
+    # ------------------------------------------------------------------ internal
+    def _check_medium(self, medium: torch.Tensor) -> torch.Tensor:
+        if not isinstance(medium, torch.Tensor) or medium.dim() != 3 or medium.shape[0] != 3:
+            raise InputError("PGD attacks one image given as a [3, H, W] tensor in [0, 1] (see inputs.load_image)")
+        return medium
+
+    def _loss(
+        self, model: MLLMAdapter, texts: list[dict[str, torch.Tensor]], x: torch.Tensor, objective: Objective, step: int
+    ) -> torch.Tensor:
+        media = self.eot.media(model, x, self.seed, step) if self.eot else [model.preprocess(x.unsqueeze(0))]
+        losses = [objective(model, text, m, step) for text in texts for m in media]
+        return torch.stack(losses).mean()
+
+    def _step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha * self.unit
+        if self.norm == "linf":
+            return x - alpha * grad.sign()
+        return x - alpha * grad / grad.norm().clamp_min(1e-12)
+
+    def _project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        if self.eps is not None:
+            eps = self.eps * self.unit
+            delta = x - x0
+            if self.norm == "linf":
+                delta = delta.clamp(-eps, eps)
+            else:
+                delta = delta * (eps / delta.norm().clamp_min(1e-12)).clamp(max=1.0)
+            x = x0 + delta
+        return x.clamp(*self.bounds)
+
+    def _start(
+        self, x0: torch.Tensor, run_config: dict[str, Any], checkpoint: str | Path | None
+    ) -> tuple[torch.Tensor, list[float]]:
+        if checkpoint is not None and Path(checkpoint).exists():
+            return self._load_checkpoint(Path(checkpoint), x0, run_config)
+        if not self.random_start:
+            return x0.clone(), []
+        generator = torch.Generator().manual_seed(step_seed(self.seed, 0, stream=3))
+        if self.eps is None:  # Qi et al.'s unconstrained attack starts from uniform noise
+            low, high = self.bounds
+            return (low + (high - low) * torch.rand(x0.shape, generator=generator)).to(x0.device), []
+        eps = self.eps * self.unit
+        noise = torch.rand(x0.shape, generator=generator) * 2 - 1
+        if self.norm == "l2":
+            noise = noise / noise.norm().clamp_min(1e-12) * torch.rand((), generator=generator)
+        return self._project(x0 + eps * noise.to(x0.device), x0), []
+
+    def _answer(self, model: MLLMAdapter, prompt: str, x: torch.Tensor, max_new_tokens: int) -> str:
+        return model.generate([model.encode(prompt, x)], max_new_tokens=max_new_tokens)[0]
+
+    def _save_checkpoint(
+        self, path: Path, x: torch.Tensor, x0: torch.Tensor, losses: list[float], run_config: dict
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        metadata = {"losses": json.dumps(losses), "config": json.dumps(run_config, sort_keys=True)}
+        save_file({"x": x.detach().cpu().contiguous(), "x0": x0.cpu().contiguous()}, str(partial), metadata=metadata)
+        partial.replace(path)  # atomic: a run killed mid-write leaves the previous checkpoint intact
+
+    def _load_checkpoint(self, path: Path, x0: torch.Tensor, run_config: dict) -> tuple[torch.Tensor, list[float]]:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in ("x", "x0")}
+            losses = [float(v) for v in json.loads(metadata["losses"])]
+            saved_config = json.loads(metadata["config"])
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise InputError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
+        if saved_config != json.loads(json.dumps(run_config, sort_keys=True)):
+            raise ConfigError(f"checkpoint {path} belongs to another run (different settings); use another path")
+        if tensors["x0"].shape != x0.shape or not torch.equal(tensors["x0"], x0.cpu()):
+            raise ConfigError(f"checkpoint {path} was made from another input; use another path")
+        if len(losses) > self.steps:
+            raise ConfigError(f"checkpoint {path} already ran {len(losses)} steps, more than steps={self.steps}")
+        return tensors["x"].to(x0.device), losses
+
+
+def _single_target(objective: Objective) -> str | None:
+    if isinstance(objective, TargetObjective) and len(objective.targets) == 1:
+        return objective.targets[0]
+    return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
