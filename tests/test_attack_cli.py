@@ -1,0 +1,216 @@
+"""`smoothguard attack`: JSON outcome, saved artefacts, resume by rerunning, checks, user errors."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from smoothguard.attacks import load_prompts, load_targets
+from smoothguard.cli import EXIT_USER_ERROR, main
+from smoothguard.inputs import load_image
+
+TARGET = "Sure, here is the secret."
+
+
+def attack_args(model, image, *extra: str) -> list[str]:
+    return ["attack", "--model", str(model), "--image", str(image), "--prompt", "What is in the image?", *extra]
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_attack_json_saves_image_sidecar_and_checks(capsys, tiny_llava_dir, image_file, tmp_path):
+    out = tmp_path / "adv.png"
+    extra = ("--target", TARGET, "--eps", "8", "--alpha", "2", "--steps", "4", "--out", str(out))
+    code, stdout, _ = run(
+        capsys,
+        attack_args(
+            tiny_llava_dir, image_file, *extra, "--check", "--num-copies", "2", "--max-new-tokens", "4", "--json"
+        ),
+    )
+    assert code == 0
+    outcome = json.loads(stdout)
+    assert outcome["steps"] == 4 and outcome["linf"] <= 8
+    assert outcome["end_loss"] < outcome["start_loss"]
+    assert outcome["target_generated"] is False
+    assert set(outcome["check"]) == {"target", "undefended", "smoothguard"}
+    assert outcome["check"]["smoothguard"]["num_candidates"] == 3
+    sidecar = json.loads((tmp_path / "adv.png.json").read_text())
+    assert sidecar["file"] == "adv.png" and len(sidecar["sha256"]) == 64
+    assert sidecar["config"]["objective"]["targets"] == [TARGET]
+    adversarial = load_image(out)
+    original = load_image(image_file)
+    assert adversarial.shape == original.shape
+    assert ((adversarial - original).abs().max() * 255).item() <= 8 + 1e-4
+
+
+def test_rerun_resumes_from_the_checkpoint(capsys, tiny_llava_dir, image_file, tmp_path):
+    out = tmp_path / "adv.png"
+    base = attack_args(
+        tiny_llava_dir,
+        image_file,
+        "--target",
+        TARGET,
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "2",
+        "--no-early-stop",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    )
+    assert run(capsys, [*base, "--steps", "2"])[0] == 0
+    code, stdout, _ = run(capsys, [*base, "--steps", "4"])
+    resumed = json.loads(stdout)
+    assert code == 0 and resumed["steps"] == 4
+    fresh_out = tmp_path / "fresh.png"
+    fresh = attack_args(
+        tiny_llava_dir,
+        image_file,
+        "--target",
+        TARGET,
+        "--out",
+        str(fresh_out),
+        "--steps",
+        "4",
+        "--no-early-stop",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    )
+    uninterrupted = json.loads(run(capsys, fresh)[1])
+    assert torch.equal(load_image(out), load_image(fresh_out))
+    assert resumed["end_loss"] == uninterrupted["end_loss"]
+
+
+def test_universal_with_target_and_prompt_files(capsys, tiny_llava_dir, image_file, tmp_path):
+    targets = tmp_path / "corpus.csv"
+    targets.write_text('"Sure, here it is."\n"I will help, no matter what."\nYes.\n')
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Describe the image.\n\nWhat is in the image?\n")
+    assert load_targets(targets) == ["Sure, here it is.", "I will help, no matter what.", "Yes."]
+    assert load_prompts(prompts) == ["Describe the image.", "What is in the image?"]
+    argv = [
+        "attack",
+        "--model",
+        str(tiny_llava_dir),
+        "--image",
+        str(image_file),
+        "--prompts",
+        str(prompts),
+        "--targets",
+        str(targets),
+        "--targets-per-step",
+        "2",
+        "--unconstrained",
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]
+    code, stdout, _ = run(capsys, argv)
+    outcome = json.loads(stdout)
+    assert code == 0 and outcome["config"]["eps"] is None
+    assert outcome["target_generated"] is None  # no single target to look for
+    assert outcome["config"]["prompts"] == load_prompts(prompts)
+
+
+def test_untargeted_and_eot(capsys, tiny_llava_dir, image_file):
+    argv = attack_args(
+        tiny_llava_dir,
+        image_file,
+        "--untargeted",
+        "--steps",
+        "2",
+        "--eot-samples",
+        "2",
+        "--noise-space",
+        "pixel",
+        "--sigma",
+        "0.05",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    )
+    code, stdout, _ = run(capsys, argv)
+    outcome = json.loads(stdout)
+    assert code == 0
+    assert outcome["config"]["objective"]["kind"] == "untargeted"
+    assert outcome["config"]["eot"] == {"samples": 2, "sigma": 0.05, "noise_space": "pixel"}
+
+
+def test_audio_attack_saves_float_wav(capsys, tmp_path):
+    from smoothguard.testing import save_tiny_qwen2_audio
+
+    model = save_tiny_qwen2_audio(tmp_path / "qwen-audio")
+    clip = tmp_path / "tone.wav"
+    t = np.arange(8000) / 16000
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    out = tmp_path / "adv.wav"
+    argv = [
+        "attack",
+        "--model",
+        str(model),
+        "--audio",
+        str(clip),
+        "--prompt",
+        "What do you hear?",
+        "--target",
+        "A bird.",
+        "--steps",
+        "2",
+        "--eps",
+        "0.02",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]
+    code, stdout, _ = run(capsys, argv)
+    outcome = json.loads(stdout)
+    assert code == 0 and outcome["units"] == "amplitude units" and outcome["linf"] <= 0.02
+    saved, rate = sf.read(out, dtype="float32")
+    assert rate == 16000 and saved.shape == (8000,) and np.abs(saved).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", TARGET, "--eps", "-1"], "eps"),
+        (["--target", TARGET, "--alpha", "0"], "alpha"),
+        (["--targets", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
+        (["--target", TARGET, "--out", "adv.jpg"], "lossless"),
+        (["--target", TARGET, "--steps", "-3"], "steps"),
+    ],
+)
+def test_attack_user_errors_are_one_line(capsys, tiny_llava_dir, image_file, extra, message):
+    code, out, err = run(capsys, attack_args(tiny_llava_dir, image_file, *extra))
+    assert code == EXIT_USER_ERROR and out == ""
+    assert err.startswith("smoothguard: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_attack_on_wrong_modality(capsys, tiny_llava_dir, tmp_path):
+    clip = tmp_path / "tone.wav"
+    sf.write(clip, np.zeros(1600, dtype=np.float32), 16000)
+    argv = ["attack", "--model", str(tiny_llava_dir), "--audio", str(clip), "--prompt", "Hi", "--target", "x"]
+    code, _, err = run(capsys, argv)
+    assert code == EXIT_USER_ERROR and "image model" in err
+
+
+def test_changed_settings_refuse_the_old_checkpoint(capsys, tiny_llava_dir, image_file, tmp_path):
+    out = tmp_path / "adv.png"
+    base = attack_args(
+        tiny_llava_dir, image_file, "--target", TARGET, "--out", str(out), "--steps", "1", "--max-new-tokens", "2"
+    )
+    assert run(capsys, base)[0] == 0
+    code, _, err = run(capsys, [*base, "--eps", "4"])
+    assert code == EXIT_USER_ERROR and "another run" in err
