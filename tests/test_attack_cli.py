@@ -143,7 +143,7 @@ def test_untargeted_and_eot(capsys, tiny_llava_dir, image_file):
     outcome = json.loads(stdout)
     assert code == 0
     assert outcome["config"]["objective"]["kind"] == "untargeted"
-    assert outcome["config"]["eot"] == {"samples": 2, "sigma": 0.05, "noise_space": "pixel"}
+    assert outcome["config"]["eot"] == {"samples": 2, "sigma": 0.05, "noise_space": "pixel", "clamp": True}
 
 
 def test_audio_attack_saves_float_wav(capsys, tmp_path):
@@ -187,7 +187,7 @@ def test_audio_attack_saves_float_wav(capsys, tmp_path):
         (["--target", TARGET, "--eps", "-1"], "eps"),
         (["--target", TARGET, "--alpha", "0"], "alpha"),
         (["--targets", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
-        (["--target", TARGET, "--out", "adv.jpg"], "lossless"),
+        (["--target", TARGET, "--out", "/nonexistent-dir/adv.jpg"], "lossless"),
         (["--target", TARGET, "--steps", "-3"], "steps"),
     ],
 )

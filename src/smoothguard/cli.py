@@ -141,12 +141,15 @@ def _run_attack(args: argparse.Namespace) -> int:
         TargetObjective,
         WaveformPGD,
         check_attack,
+        check_output_path,
         load_prompts,
         load_targets,
         save_adversarial,
     )
     from smoothguard.inputs import load_audio, load_image
 
+    if args.out:
+        check_output_path(args.out, "audio" if args.audio else "image")
     prompts = args.prompt or load_prompts(args.prompts)
     targets = [args.target] if args.target else load_targets(args.targets) if args.targets else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)

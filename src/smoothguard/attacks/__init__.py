@@ -5,7 +5,13 @@ from smoothguard.attacks.eot import EOT
 from smoothguard.attacks.objectives import AwayObjective, Objective, TargetObjective
 from smoothguard.attacks.pgd import PGD, AttackResult, target_generated
 from smoothguard.attacks.success import check_attack
-from smoothguard.attacks.universal import UniversalJailbreak, load_prompts, load_targets, save_adversarial
+from smoothguard.attacks.universal import (
+    UniversalJailbreak,
+    check_output_path,
+    load_prompts,
+    load_targets,
+    save_adversarial,
+)
 
 __all__ = [
     "EOT",
@@ -17,6 +23,7 @@ __all__ = [
     "UniversalJailbreak",
     "WaveformPGD",
     "check_attack",
+    "check_output_path",
     "load_prompts",
     "load_targets",
     "save_adversarial",

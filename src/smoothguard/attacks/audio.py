@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from smoothguard.attacks.pgd import PGD
+from smoothguard.attacks.pgd import PGD, _check_range
 from smoothguard.errors import InputError
 
 
@@ -28,10 +28,10 @@ class WaveformPGD(PGD):
     def unit_name(self) -> str:
         return "amplitude units"
 
-    def finalize(self, x: torch.Tensor) -> torch.Tensor:
+    def finalize(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return x
 
     def _check_medium(self, medium: torch.Tensor) -> torch.Tensor:
         if not isinstance(medium, torch.Tensor) or medium.dim() != 1:
             raise InputError("WaveformPGD attacks one mono waveform given as a [T] tensor (see inputs.load_audio)")
-        return medium
+        return _check_range(medium, self.bounds, "waveform samples")

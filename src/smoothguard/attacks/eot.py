@@ -44,4 +44,9 @@ class EOT:
         return self.noise.copies(adapter, medium, self.samples, step_seed(seed, step, stream=1))
 
     def describe(self) -> dict[str, object]:
-        return {"samples": self.samples, "sigma": self.noise.sigma, "noise_space": self.noise.space}
+        return {
+            "samples": self.samples,
+            "sigma": self.noise.sigma,
+            "noise_space": self.noise.space,
+            "clamp": self.noise.clamp,
+        }

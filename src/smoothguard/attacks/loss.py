@@ -19,8 +19,9 @@ from smoothguard.models.base import MLLMAdapter
 
 def target_token_ids(adapter: MLLMAdapter, target: str) -> list[int]:
     """Token ids of ``target`` as the model would generate it, closed by the EOS token when the
-    tokenizer has one (so the loss also teaches the model to stop)."""
-    ids = adapter.tokenizer(target, add_special_tokens=False)["input_ids"]
+    tokenizer has one (so the loss also teaches the model to stop). Special-token text inside the
+    target (e.g. ``<image>``) is tokenised as plain text."""
+    ids = adapter.tokenizer(target, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     if not ids:
         raise ConfigError(f"target {target!r} has no tokens")
     eos = adapter.tokenizer.eos_token_id

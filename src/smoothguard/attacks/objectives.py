@@ -38,7 +38,11 @@ class TargetObjective:
     def __post_init__(self) -> None:
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
             raise ConfigError("targets must be a non-empty list of non-empty strings")
-        if isinstance(self.targets_per_step, bool) or self.targets_per_step < 1:
+        if (
+            isinstance(self.targets_per_step, bool)
+            or not isinstance(self.targets_per_step, int)
+            or self.targets_per_step < 1
+        ):
             raise ConfigError(f"targets_per_step must be >= 1, got {self.targets_per_step!r}")
 
     @classmethod
@@ -59,7 +63,12 @@ class TargetObjective:
         return target_losses(adapter, text, media, self.targets_at(step)).mean()
 
     def describe(self) -> dict[str, object]:
-        return {"kind": "targeted", "targets": list(self.targets), "targets_per_step": self.targets_per_step}
+        return {
+            "kind": "targeted",
+            "targets": list(self.targets),
+            "targets_per_step": self.targets_per_step,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ class PGD:
             raise InputError("an attack needs at least one prompt")
         x0 = self._check_medium(medium).detach().float().to(model.device)
         texts = [model.prompt_text(p, x0) for p in prompts]
-        run_config = {**self.config(), "objective": objective.describe(), "prompts": prompts}
+        identity = {key: model.describe()[key] for key in ("name", "family")}
+        run_config = {**self.config(), "objective": objective.describe(), "prompts": prompts, "model": identity}
         x, losses = self._start(x0, run_config, checkpoint)
         target = _single_target(objective)
         bar = tqdm(total=self.steps, initial=len(losses), desc="attack", disable=not self.progress, leave=False)
@@ -174,11 +175,11 @@ class PGD:
             if checkpoint is not None and (done % self.checkpoint_every == 0 or done == self.steps):
                 self._save_checkpoint(Path(checkpoint), x, x0, losses, run_config)
             if self.early_stop and target is not None and done % self.check_every == 0:
-                answer = self._answer(model, prompts[0], self.finalize(x), max_new_tokens)
+                answer = self._answer(model, prompts[0], self.finalize(x.detach(), x0), max_new_tokens)
                 if target_generated(answer, target):
                     break
         bar.close()
-        final = self.finalize(x.detach())
+        final = self.finalize(x.detach(), x0)
         with torch.no_grad():
             start_loss = self._loss(model, texts, x0, objective, 0).item()
             end_loss = self._loss(model, texts, final, objective, 0).item()
@@ -198,15 +199,37 @@ class PGD:
             config={**run_config, "steps": self.steps, "model": model.describe(), "versions": versions()},
         )
 
-    def finalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The input as it will be saved: images rounded to 8 bits."""
-        return (x * 255).round() / 255
+    def finalize(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The input as it will be saved: on the 8-bit grid and, wherever the grid allows, inside
+        the budget around ``x0`` (L-inf: nearest grid value within the ball; L2: the largest
+        on-grid shrink of the perturbation that fits)."""
+        levels = 255
+        if self.eps is None:
+            return (x * levels).round().clamp(0, levels) / levels
+        eps = self.eps * self.unit * levels
+        if self.norm == "linf":
+            low = torch.ceil(x0 * levels - eps - 1e-6).clamp(min=0)
+            high = torch.floor(x0 * levels + eps + 1e-6).clamp(max=levels)
+            return torch.minimum(torch.maximum((x * levels).round(), low), high) / levels
+
+        def on_grid(scale: float) -> torch.Tensor:
+            return ((x0 + scale * (x - x0)) * levels).round().clamp(0, levels) / levels
+
+        if ((on_grid(1.0) - x0) * levels).norm() <= eps:
+            return on_grid(1.0)
+        low_scale, high_scale = 0.0, 1.0
+        for _ in range(30):  # bisection on the shrink factor
+            middle = (low_scale + high_scale) / 2
+            low_scale, high_scale = (
+                (middle, high_scale) if ((on_grid(middle) - x0) * levels).norm() <= eps else (low_scale, middle)
+            )
+        return on_grid(low_scale)
 
     # ------------------------------------------------------------------ internal
     def _check_medium(self, medium: torch.Tensor) -> torch.Tensor:
         if not isinstance(medium, torch.Tensor) or medium.dim() != 3 or medium.shape[0] != 3:
             raise InputError("PGD attacks one image given as a [3, H, W] tensor in [0, 1] (see inputs.load_image)")
-        return medium
+        return _check_range(medium, self.bounds, "image pixels")
 
     def _loss(
         self, model: MLLMAdapter, texts: list[dict[str, torch.Tensor]], x: torch.Tensor, objective: Objective, step: int
@@ -268,7 +291,7 @@ class PGD:
                 tensors = {key: handle.get_tensor(key) for key in ("x", "x0")}
             losses = [float(v) for v in json.loads(metadata["losses"])]
             saved_config = json.loads(metadata["config"])
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
         if saved_config != json.loads(json.dumps(run_config, sort_keys=True)):
             raise ConfigError(f"checkpoint {path} belongs to another run (different settings); use another path")
@@ -277,6 +300,16 @@ class PGD:
         if len(losses) > self.steps:
             raise ConfigError(f"checkpoint {path} already ran {len(losses)} steps, more than steps={self.steps}")
         return tensors["x"].to(x0.device), losses
+
+
+def _check_range(medium: torch.Tensor, bounds: tuple[float, float], what: str) -> torch.Tensor:
+    """``medium`` if it is finite and within ``bounds``; InputError otherwise."""
+    if not torch.isfinite(medium).all():
+        raise InputError(f"{what} contain NaN or infinite values")
+    low, high = bounds
+    if medium.min() < low or medium.max() > high:
+        raise InputError(f"{what} must lie in [{low:g}, {high:g}]; got [{medium.min():.4g}, {medium.max():.4g}]")
+    return medium
 
 
 def _single_target(objective: Objective) -> str | None:

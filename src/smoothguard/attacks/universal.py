@@ -54,15 +54,22 @@ def _read_sentences(path: str | Path, what: str) -> list[str]:
     return sentences
 
 
+def check_output_path(path: str | Path, modality: str) -> Path:
+    """``path`` if its format is lossless for ``modality`` (image: PNG/BMP; audio: WAV); check it
+    before a long attack, not after."""
+    path = Path(path)
+    allowed = AUDIO_SUFFIXES if modality == "audio" else IMAGE_SUFFIXES
+    if path.suffix.lower() not in allowed:
+        raise ConfigError(f"save the adversarial input as {' or '.join(allowed)} (lossless), not {path.name}")
+    return path
+
+
 def save_adversarial(result: AttackResult, path: str | Path) -> Path:
     """Write ``result.adversarial`` losslessly (image: PNG/BMP, 8 bits; audio: float32 WAV at the
     model's sampling rate) and ``result.to_dict()`` plus the file's sha256 to a JSON
     sidecar beside it (``adv.png`` -> ``adv.png.json``). Returns the sidecar's path."""
-    path = Path(path)
     is_audio = result.adversarial.dim() == 1
-    allowed = AUDIO_SUFFIXES if is_audio else IMAGE_SUFFIXES
-    if path.suffix.lower() not in allowed:
-        raise ConfigError(f"save the adversarial input as {' or '.join(allowed)} (lossless), not {path.name}")
+    path = check_output_path(path, "audio" if is_audio else "image")
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_audio:
         rate = result.config.get("model", {}).get("sampling_rate")
