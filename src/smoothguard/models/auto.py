@@ -105,7 +105,7 @@ def load_model(
         raise ModelLoadError(
             f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
         ) from exc
-    model.to(torch_device).eval()
+    model.to(torch_device).eval().requires_grad_(False)  # frozen: attacks need input gradients only
     return adapter_class(model, processor, name)
 
 
