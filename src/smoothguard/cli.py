@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from smoothguard.attacks.pgd import NORMS
@@ -23,13 +23,13 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub id or local model folder")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16 (default: auto)")
 
 
-def _add_guard_options(parser: argparse.ArgumentParser) -> None:
+def add_guard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sigma", type=float, default=0.1, help="noise std in the units of --noise-space (default: 0.1, the paper's)"
     )
@@ -50,23 +50,47 @@ def _add_guard_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def guard_from_args(model: Any, args: argparse.Namespace, *, num_copies: int | None = None) -> Any:
+    """A ``SmoothGuard`` from the options of ``add_guard_options``."""
+    from smoothguard import SmoothGuard
+
+    return SmoothGuard(
+        model,
+        sigma=args.sigma,
+        num_copies=args.num_copies if num_copies is None else num_copies,
+        noise_space=args.noise_space,
+        seed=args.seed,
+        clamp=not args.no_clamp,
+        embedder=args.embedder,
+        batch_size=args.batch_size,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smoothguard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in _registrars():
+        register(commands)
+    return parser
 
+
+def _registrars() -> list[Callable[[Any], None]]:
+    """One function per feature area that adds its subcommands (each area keeps its own CLI module)."""
+    return [_add_generate_parser, _add_attack_parser]
+
+
+def _add_generate_parser(commands: Any) -> None:
     gen = commands.add_parser("generate", help="answer one prompt about an image or audio clip, defended")
-    _add_model_options(gen)
+    add_model_options(gen)
     media = gen.add_mutually_exclusive_group(required=True)
     media.add_argument("--image", help="image file (PNG, JPEG, BMP, ...)")
     media.add_argument("--audio", help="audio file (WAV, FLAC, OGG) for audio models")
     gen.add_argument("--prompt", required=True)
-    _add_guard_options(gen)
+    add_guard_options(gen)
     gen.add_argument("--no-defense", action="store_true", help="undefended baseline (same as --num-copies 0)")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="default: 128 (paper: POPE, MM-SafetyBench)")
     gen.add_argument("--json", action="store_true", help="print the full result as JSON")
     gen.set_defaults(run=_run_generate)
-    _add_attack_parser(commands)
-    return parser
 
 
 def _add_attack_parser(commands: Any) -> None:
@@ -77,7 +101,7 @@ def _add_attack_parser(commands: Any) -> None:
         "in 1/255 pixel units, audio eps/alpha in amplitude units. The --sigma/--noise-space/--num-copies options "
         "set SmoothGuard's noise for --eot-samples and the defense used by --check.",
     )
-    _add_model_options(attack)
+    add_model_options(attack)
     media = attack.add_mutually_exclusive_group(required=True)
     media.add_argument("--image", help="image to perturb")
     media.add_argument("--audio", help="audio clip to perturb (audio models)")
@@ -97,7 +121,7 @@ def _add_attack_parser(commands: Any) -> None:
     attack.add_argument("--no-random-start", action="store_true")
     attack.add_argument("--targets-per-step", type=int, default=8, help="targets sampled per step (default: 8)")
     attack.add_argument("--eot-samples", type=int, default=0, help="adaptive attack: noisy copies per step (0 = off)")
-    _add_guard_options(attack)
+    add_guard_options(attack)
     attack.add_argument("--no-early-stop", action="store_true", help="run all steps even once the target appears")
     attack.add_argument("--check-every", type=int, default=10, help="steps between early-stop checks")
     attack.add_argument("--out", help="save the adversarial input (PNG/BMP, or WAV for audio) + a JSON sidecar")
@@ -110,19 +134,10 @@ def _add_attack_parser(commands: Any) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from smoothguard import SmoothGuard, load_model
+    from smoothguard import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    guard = SmoothGuard(
-        model,
-        sigma=args.sigma,
-        num_copies=0 if args.no_defense else args.num_copies,
-        noise_space=args.noise_space,
-        seed=args.seed,
-        clamp=not args.no_clamp,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-    )
+    guard = guard_from_args(model, args, num_copies=0 if args.no_defense else None)
     result = guard.generate(args.prompt, image=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -153,16 +168,7 @@ def _run_attack(args: argparse.Namespace) -> int:
     prompts = args.prompt or load_prompts(args.prompts)
     targets = [args.target] if args.target else load_targets(args.targets) if args.targets else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    guard = SmoothGuard(
-        model,
-        sigma=args.sigma,
-        num_copies=args.num_copies,
-        noise_space=args.noise_space,
-        seed=args.seed,
-        clamp=not args.no_clamp,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-    )
+    guard = guard_from_args(model, args)
     audio = args.audio is not None
     if ("audio" if audio else "image") != model.modality:
         raise UnsupportedError(f"{model.name} is an {model.modality} model: pass --{model.modality}")
