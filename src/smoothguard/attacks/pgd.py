@@ -135,13 +135,14 @@ class PGD:
         model: MLLMAdapter,
         medium: torch.Tensor,
         prompts: str | Sequence[str],
-        objective: Objective,
+        objective: Objective | Sequence[Objective],
         *,
         checkpoint: str | Path | None = None,
         max_new_tokens: int = 64,
     ) -> AttackResult:
         """Attack ``medium`` (pixels [3, H, W] in [0, 1], or a waveform [T] for ``WaveformPGD``)
-        so that ``objective`` falls for every prompt in ``prompts`` (losses averaged over prompts).
+        so that ``objective`` falls for every prompt in ``prompts`` (losses averaged over prompts);
+        a sequence of objectives gives each prompt its own (e.g. its own target answer).
 
         ``checkpoint``: a ``.safetensors`` path; written every ``checkpoint_every`` steps and, if
         it exists when the attack starts, resumed from (it must come from the same run).
@@ -157,14 +158,23 @@ class PGD:
         x0 = self._check_medium(medium).detach().float().to(model.device)
         texts = [model.prompt_text(p, x0) for p in prompts]
         identity = {key: model.describe()[key] for key in ("name", "family")}
-        run_config = {**self.config(), "objective": objective.describe(), "prompts": prompts, "model": identity}
+        objectives = list(objective) if isinstance(objective, Sequence) else [objective] * len(prompts)
+        if len(objectives) != len(prompts):
+            raise ConfigError(f"{len(objectives)} objectives for {len(prompts)} prompts; give one per prompt or one")
+        described = [o.describe() for o in objectives]
+        run_config = {
+            **self.config(),
+            "objective": described[0] if len(set(map(json.dumps, described))) == 1 else described,
+            "prompts": prompts,
+            "model": identity,
+        }
         x, losses = self._start(x0, run_config, checkpoint)
-        target = _single_target(objective)
+        target = _single_target(objectives[0]) if len({id(o) for o in objectives}) == 1 else None
         bar = tqdm(total=self.steps, initial=len(losses), desc="attack", disable=not self.progress, leave=False)
         answer = None
         for step in range(len(losses), self.steps):
             x.requires_grad_(True)
-            loss = self._loss(model, texts, x, objective, step)
+            loss = self._loss(model, texts, x, objectives, step)
             (grad,) = torch.autograd.grad(loss, x)
             losses.append(loss.item())
             with torch.no_grad():
@@ -181,8 +191,8 @@ class PGD:
         bar.close()
         final = self.finalize(x.detach(), x0)
         with torch.no_grad():
-            start_loss = self._loss(model, texts, x0, objective, 0).item()
-            end_loss = self._loss(model, texts, final, objective, 0).item()
+            start_loss = self._loss(model, texts, x0, objectives, 0).item()
+            end_loss = self._loss(model, texts, final, objectives, 0).item()
         answer = self._answer(model, prompts[0], final, max_new_tokens)
         delta = (final - x0) / self.unit
         return AttackResult(
@@ -232,10 +242,17 @@ class PGD:
         return _check_range(medium, self.bounds, "image pixels")
 
     def _loss(
-        self, model: MLLMAdapter, texts: list[dict[str, torch.Tensor]], x: torch.Tensor, objective: Objective, step: int
+        self,
+        model: MLLMAdapter,
+        texts: list[dict[str, torch.Tensor]],
+        x: torch.Tensor,
+        objectives: list[Objective],
+        step: int,
     ) -> torch.Tensor:
         media = self.eot.media(model, x, self.seed, step) if self.eot else [model.preprocess(x.unsqueeze(0))]
-        losses = [objective(model, text, m, step) for text in texts for m in media]
+        losses = [
+            objective(model, text, m, step) for text, objective in zip(texts, objectives, strict=True) for m in media
+        ]
         return torch.stack(losses).mean()
 
     def _step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

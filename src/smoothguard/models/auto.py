@@ -17,6 +17,7 @@ from smoothguard.errors import ConfigError, ModelLoadError
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
 
+TESTBED = "testbed"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -76,13 +77,19 @@ def load_model(
 ) -> MLLMAdapter:
     """Load a multimodal model and its processor behind the adapter of its family.
 
-    ``source``: a HuggingFace hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``) or a local folder saved
-    with ``save_pretrained``. ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``.
-    ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``. Extra keyword arguments go to ``from_pretrained``.
+    ``source``: a HuggingFace hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``), a local folder saved
+    with ``save_pretrained``, or ``"testbed"`` (the small LLaVA this package trains and ships).
+    ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``. ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``. Extra keyword arguments go to ``from_pretrained``.
     """
     from transformers import AutoConfig
 
-    name = str(source)
+    display_name = name = str(source)
+    if name == TESTBED:
+        from smoothguard.testbed.model import CHECKPOINT_DIR
+
+        if not (CHECKPOINT_DIR / "config.json").is_file():
+            raise ModelLoadError(f"the testbed checkpoint is missing from {CHECKPOINT_DIR}; reinstall smoothguard")
+        name = str(CHECKPOINT_DIR)
     path = Path(name).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
@@ -106,7 +113,7 @@ def load_model(
             f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
         ) from exc
     model.to(torch_device).eval().requires_grad_(False)  # frozen: attacks need input gradients only
-    return adapter_class(model, processor, name)
+    return adapter_class(model, processor, display_name)
 
 
 def _first_line(exc: BaseException) -> str:

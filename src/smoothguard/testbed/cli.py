@@ -1,0 +1,121 @@
+"""``smoothguard testbed data|train|evaluate`` and ``smoothguard demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    testbed = commands.add_parser("testbed", help="the trained CPU-sized LLaVA: data, training, evaluation")
+    actions = testbed.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    data = actions.add_parser("data", help="write scenes (PNG) and their questions (JSONL) for inspection")
+    data.add_argument("--split", choices=("train", "held-out"), default="held-out")
+    data.add_argument("--count", type=int, default=20)
+    data.add_argument("--out", required=True)
+    data.set_defaults(run=_run_data)
+
+    train = actions.add_parser("train", help="train a testbed model (resumable: rerun the same command)")
+    train.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
+    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=_run_train)
+
+    evaluate = actions.add_parser("evaluate", help="held-out accuracy per task and negative kind")
+    evaluate.add_argument("--model", default="testbed", help="testbed (shipped) or a model folder")
+    evaluate.add_argument("--scenes", type=int, default=300)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_run_evaluate)
+
+    demo = commands.add_parser("demo", help="the whole story on the testbed: utility and attack success rates")
+    demo.add_argument("--out", default="runs/demo", help="folder for images, plot and summary (default: runs/demo)")
+    demo.add_argument("--pope-scenes", type=int, default=40, help="utility scenes (6 questions each)")
+    demo.add_argument("--attack-steps", type=int, default=300)
+    demo.add_argument("--adaptive-steps", type=int, default=100)
+    demo.add_argument("--eot-samples", type=int, default=4)
+    demo.add_argument("--sigma", type=float, default=0.1, help="normalized-space sigma (default: 0.1, the paper's)")
+    demo.add_argument("--num-copies", type=int, default=10)
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.set_defaults(run=_run_demo)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.data import HELD_OUT_START
+    from smoothguard.testbed.scenes import render, sample_scene
+    from smoothguard.testbed.tasks import scene_turns
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = HELD_OUT_START if args.split == "held-out" else 0
+    with (out / "questions.jsonl").open("w") as handle:
+        for seed in range(start, start + args.count):
+            scene = sample_scene(seed)
+            render(scene).save(out / f"{seed}.png")
+            for turn in scene_turns(scene, random.Random(seed)):
+                record = {
+                    "image": f"{seed}.png",
+                    "task": turn.task,
+                    "kind": turn.kind,
+                    "question": turn.question,
+                    "answer": turn.answer,
+                    "badge": scene.badge,
+                }
+                handle.write(json.dumps(record) + "\n")
+    print(f"{args.count} scenes and their questions in {out}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.train import TrainConfig, train
+
+    started = time.perf_counter()
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    folder = train(args.out, config, progress=sys.stderr.isatty(), log=lambda line: print(line, flush=True))
+    print(f"model in {folder} ({time.perf_counter() - started:.0f} s this run)")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from smoothguard.models.auto import load_model
+    from smoothguard.testbed.evaluate import evaluate
+
+    report = evaluate(load_model(args.model, device="cpu"), args.scenes, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for metric, figures in report.items():
+        target = (
+            f"  (target {figures['target']:.2f}: {'met' if figures['met'] else 'NOT met'})"
+            if "target" in figures
+            else ""
+        )
+        print(f"{metric:26} {figures['accuracy']:.3f}  n={figures['n']}{target}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.demo import DemoConfig, format_table, run_demo
+
+    config = DemoConfig(
+        pope_scenes=args.pope_scenes,
+        attack_steps=args.attack_steps,
+        adaptive_steps=args.adaptive_steps,
+        eot_samples=args.eot_samples,
+        sigma=args.sigma,
+        num_copies=args.num_copies,
+    )
+    summary = run_demo(config, args.out, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_table(summary))
+        print(f"images, plot and summary.json in {args.out}")
+    return 0

@@ -1,0 +1,202 @@
+"""``smoothguard demo``: the paper's whole story on the testbed, on a CPU, in minutes.
+
+1. utility: ``testbed-pope`` accuracy, undefended vs SmoothGuard;
+2. a universal adversarial image (Qi et al.'s attack, eps 32/255) optimised on four restricted
+   requests with their compliance answers as targets, then put in place of every image of
+   ``testbed-safety`` (all eight requests): attack success rate undefended vs SmoothGuard;
+3. the same with an adaptive attack (EOT through SmoothGuard's own noise).
+
+Adversarial images are cached (PNG + sidecar) keyed by the checkpoint's hash and the attack
+settings; the package ships the ones for the default settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
+from smoothguard.eval.base import EvalItem
+from smoothguard.guard import SmoothGuard
+from smoothguard.inputs import load_image
+from smoothguard.models.auto import load_model
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.testbed.benchmarks import TestbedPopeBenchmark, TestbedSafetyBenchmark
+from smoothguard.testbed.data import held_out_scenes, scene_pixels
+from smoothguard.testbed.model import CHECKPOINT_DIR
+from smoothguard.testbed.tasks import RESTRICTED
+
+SHIPPED_ATTACKS = Path(__file__).resolve().parent / "attacks"
+ATTACK_PROMPTS = tuple(RESTRICTED)[:4]  # optimised on these; evaluated on all eight
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    pope_scenes: int = 40
+    eps: float = 32
+    alpha: float = 1
+    attack_steps: int = 300
+    adaptive_steps: int = 100
+    eot_samples: int = 4
+    sigma: float = 0.1
+    num_copies: int = 10
+    seed: int = 0
+    queries_per_batch: int = 16
+
+
+def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run every step; write images, ``summary.json`` and ``demo.png`` to ``out_dir``; return the summary."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_model("testbed")
+    undefended = SmoothGuard(model, num_copies=0)
+    guard = SmoothGuard(model, sigma=config.sigma, num_copies=config.num_copies, seed=config.seed)
+
+    pope = TestbedPopeBenchmark()
+    pope_items = pope.load_items(None, num_scenes=config.pope_scenes)
+    utility = {
+        name: _score(pope, pope_items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
+    }
+
+    clean = scene_pixels(held_out_scenes(1, badge=False)[0])
+    universal = _adversarial(model, clean, "universal", config, None, out_dir, progress)
+    adaptive = _adversarial(
+        model, clean, "adaptive", config, EOT.from_guard(guard, config.eot_samples), out_dir, progress
+    )
+    safety = TestbedSafetyBenchmark()
+    asr = {}
+    for label, image in (("asr_clean", clean), ("asr", universal), ("asr_adaptive", adaptive)):
+        items = safety.load_items(None, universal_image=image)
+        asr[label] = {
+            name: _score(safety, items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
+        }
+
+    summary: dict[str, Any] = {
+        "utility": {name: scores["mean"]["accuracy"] for name, scores in utility.items()},
+        **{label: {name: scores["all"]["asr"] for name, scores in by_guard.items()} for label, by_guard in asr.items()},
+        "seconds": time.perf_counter() - started,
+        "counts": {
+            "utility_items": len(pope_items),
+            "safety_items": len(RESTRICTED),
+            "attack_prompts": len(ATTACK_PROMPTS),
+        },
+        "settings": {**asdict(config), "noise_space": guard.noise.space, "model": model.describe()},
+        "details": {"utility": utility, "asr": asr},
+        "images": {"clean": "clean.png", "universal": "universal.png", "adaptive": "adaptive.png"},
+    }
+    save_png(clean, out_dir / "clean.png")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(summary, out_dir / "demo.png")
+    return summary
+
+
+def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> dict[str, Any]:
+    records = []
+    step = config.queries_per_batch
+    for start in range(0, len(items), step):
+        chunk = items[start : start + step]
+        results = guard.generate_batch(
+            [i.prompt for i in chunk], [i.image for i in chunk], max_new_tokens=benchmark.max_new_tokens
+        )
+        assessed = benchmark.assess(chunk, [r.text for r in results], None)
+        records += [
+            {"id": i.id, "text": r.text, "meta": i.meta, **extra}
+            for i, r, extra in zip(chunk, results, assessed, strict=True)
+        ]
+    return benchmark.score(records)
+
+
+def _adversarial(
+    model: MLLMAdapter,
+    clean: torch.Tensor,
+    kind: str,
+    config: DemoConfig,
+    eot: EOT | None,
+    out_dir: Path,
+    progress: bool,
+) -> torch.Tensor:
+    """The cached adversarial image of ``kind`` for these settings, optimised if no cache matches."""
+    steps = config.attack_steps if eot is None else config.adaptive_steps
+    key = {
+        "kind": kind,
+        "checkpoint": checkpoint_hash(),
+        "eps": config.eps,
+        "alpha": config.alpha,
+        "steps": steps,
+        "seed": config.seed,
+        "eot": None if eot is None else eot.describe(),
+        "prompts": list(ATTACK_PROMPTS),
+    }
+    for folder in (out_dir, SHIPPED_ATTACKS):
+        sidecar = folder / f"{kind}.png.json"
+        if sidecar.is_file() and json.loads(sidecar.read_text()).get("demo_key") == key:
+            return load_image(folder / f"{kind}.png")
+    attack = PGD(
+        eps=config.eps, alpha=config.alpha, steps=steps, eot=eot, early_stop=False, seed=config.seed, progress=progress
+    )
+    objectives = [TargetObjective.of(RESTRICTED[p]) for p in ATTACK_PROMPTS]
+    result = attack(model, clean, list(ATTACK_PROMPTS), objectives, checkpoint=out_dir / f"{kind}.ckpt.safetensors")
+    result.config["demo_key"] = key
+    save_adversarial(result, out_dir / f"{kind}.png")
+    return result.adversarial
+
+
+def checkpoint_hash() -> str:
+    """sha256 (first 16 hex digits) of the shipped testbed weights: adversarial caches are tied to it."""
+    return hashlib.sha256((CHECKPOINT_DIR / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def save_png(pixels: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray((pixels * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> None:
+    """Bars: utility and the three attack success rates, undefended vs SmoothGuard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ["utility", "asr_clean", "asr", "asr_adaptive"]
+    labels = ["utility\n(testbed-pope acc.)", "ASR, clean\nimage", "ASR, universal\neps 32/255", "ASR, adaptive\n(EOT)"]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    for offset, name in ((-0.2, "undefended"), (0.2, "smoothguard")):
+        values = [summary[g][name] for g in groups]
+        axis.bar([i + offset for i in range(len(groups))], values, width=0.4, label=name)
+    axis.set_xticks(range(len(groups)), labels)
+    axis.set_ylim(0, 1)
+    axis.legend()
+    axis.set_title(
+        f"SmoothGuard on the testbed (sigma {summary['settings']['sigma']}, {summary['settings']['num_copies']} copies)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [
+        ("utility (testbed-pope accuracy)", "utility"),
+        ("ASR, clean badge-free image", "asr_clean"),
+        ("ASR, universal image eps 32/255", "asr"),
+        ("ASR, adaptive EOT image", "asr_adaptive"),
+    ]
+    lines = [f"{'':34} {'undefended':>11} {'SmoothGuard':>12}"]
+    lines += [
+        f"{title:34} {summary[key]['undefended']:>11.3f} {summary[key]['smoothguard']:>12.3f}" for title, key in rows
+    ]
+    counts = summary["counts"]
+    lines.append(
+        f"({counts['utility_items']} utility items, {counts['safety_items']} restricted requests; "
+        f"{summary['seconds']:.0f} s)"
+    )
+    return "\n".join(lines)
