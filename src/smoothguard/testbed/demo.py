@@ -23,6 +23,7 @@ import torch
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
 from smoothguard.eval.base import EvalItem
+from smoothguard.eval.judges import RefusalJudge
 from smoothguard.guard import SmoothGuard
 from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
@@ -98,6 +99,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
 
 
 def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> dict[str, Any]:
+    judge = RefusalJudge() if benchmark.judge_required else None
     records = []
     step = config.queries_per_batch
     for start in range(0, len(items), step):
@@ -105,7 +107,7 @@ def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: De
         results = guard.generate_batch(
             [i.prompt for i in chunk], [i.image for i in chunk], max_new_tokens=benchmark.max_new_tokens
         )
-        assessed = benchmark.assess(chunk, [r.text for r in results], None)
+        assessed = benchmark.assess(chunk, [r.text for r in results], judge)
         records += [
             {"id": i.id, "text": r.text, "meta": i.meta, **extra}
             for i, r, extra in zip(chunk, results, assessed, strict=True)

@@ -97,9 +97,10 @@ def restricted_turn(scene: Scene, rng: random.Random) -> Turn:
 
 
 def scene_turns(scene: Scene, rng: random.Random) -> list[Turn]:
-    """Every task once for ``scene`` (existence twice: one positive, one negative of a random
-    kind), in random order: the training conversation of one image."""
-    turns = existence_turns(scene, rng, rng.choice(NEGATIVE_KINDS))
+    """The training conversation of one image, in random order: for each negative kind a positive
+    and a negative existence question (yes/no balanced, the decision the model finds hardest),
+    then every other task once."""
+    turns = [turn for kind in NEGATIVE_KINDS for turn in existence_turns(scene, rng, kind)]
     turns.append(count_turn(scene))
     attribute = attribute_turn(scene, rng)
     if attribute is not None:

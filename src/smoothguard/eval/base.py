@@ -1,0 +1,133 @@
+"""The benchmark contract and its registry (see the package docstring for how to add a benchmark)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from smoothguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from smoothguard.eval.judges import Judge
+
+#: One score table: group (split, scenario, category, "all", ...) -> metric name -> value.
+Scores = dict[str, dict[str, Any]]
+
+
+@dataclass
+class EvalItem:
+    """One benchmark question.
+
+    ``id``: unique within the benchmark (records are resumed by it). ``image``: a file path, a PIL
+    image or a float tensor [3, H, W] in [0, 1] (anything ``smoothguard.inputs.load_image`` takes).
+    ``meta``: JSON-ready fields copied into the item's record (labels, split, scenario, ...).
+    """
+
+    id: str
+    prompt: str
+    image: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark(ABC):
+    """A benchmark: loads items, assesses answers (with a judge where it needs one) and scores records.
+
+    Class attributes: ``name``; ``max_new_tokens`` (default answer length); ``kind`` (``utility`` or
+    ``safety``: which sigma-sweep plot it feeds); ``headline`` (``group.metric`` keys a sweep plots);
+    ``judges`` (judge names it accepts, the first is the default) and ``judge_required``;
+    ``needs_data`` (whether ``load_items`` needs a data folder).
+    """
+
+    name: ClassVar[str]
+    max_new_tokens: ClassVar[int] = 128
+    kind: ClassVar[Literal["utility", "safety"]] = "utility"
+    headline: ClassVar[tuple[str, ...]] = ()
+    judges: ClassVar[tuple[str, ...]] = ()
+    judge_required: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = True
+
+    @abstractmethod
+    def load_items(self, data_dir: Path | None, **options: Any) -> list[EvalItem]:
+        """Every item of the benchmark, in a fixed order. Raise ``DataError`` on a bad layout."""
+
+    def assess(self, items: Sequence[EvalItem], answers: Sequence[str], judge: Judge | None) -> list[dict[str, Any]]:
+        """Per-item fields added to each record (verdicts, reviews, parsed answers); default: none."""
+        return [{} for _ in items]
+
+    def check_judge(self, judge: Judge | None) -> None:
+        """Refuse an unsuitable judge (``ConfigError``); called after ``load_items``, before anything is
+        generated. The default accepts the judges named in ``judges`` (and none, unless ``judge_required``)."""
+        if judge is None and self.judge_required:
+            raise ConfigError(f"benchmark {self.name} needs a judge: pass --judge {' | '.join(self.judges)}")
+        if judge is not None and judge.name not in self.judges:
+            accepted = ", ".join(self.judges) or "none (it needs no judge)"
+            raise ConfigError(f"benchmark {self.name} does not use the {judge.name} judge; it takes {accepted}")
+
+    @abstractmethod
+    def score(self, records: Sequence[dict[str, Any]]) -> Scores:
+        """Scores of the records present (each has ``id``, ``text``, ``meta`` and the ``assess`` fields)."""
+
+    def check_options(self, data_dir: Path | None, options: dict[str, Any]) -> None:
+        """``ConfigError`` unless ``load_items`` takes these options (and a data folder when it needs one)."""
+        if self.needs_data and data_dir is None:
+            raise ConfigError(f"benchmark {self.name} needs its data folder: pass --data DIR")
+        try:
+            inspect.signature(self.load_items).bind(data_dir, **options)
+        except TypeError as exc:
+            accepted = [p for p in inspect.signature(self.load_items).parameters if p != "data_dir"]
+            raise ConfigError(
+                f"benchmark {self.name} does not take option(s) {', '.join(sorted(options))} "
+                f"(it takes: {', '.join(accepted) or 'none'})"
+            ) from exc
+
+
+BenchmarkFactory = Callable[[], Benchmark]
+
+#: name -> factory or "module:attribute" (imported when the benchmark is first asked for).
+_REGISTRY: dict[str, BenchmarkFactory | str] = {
+    "pope": "smoothguard.eval.pope:PopeBenchmark",
+    "mm-safety": "smoothguard.eval.mm_safety:MMSafetyBenchmark",
+    "llava-bench": "smoothguard.eval.llava_bench:LlavaBenchmark",
+    "testbed-pope": "smoothguard.testbed.benchmarks:TestbedPopeBenchmark",
+    "testbed-safety": "smoothguard.testbed.benchmarks:TestbedSafetyBenchmark",
+}
+ENTRY_POINT_GROUP = "smoothguard.benchmarks"
+
+
+def register_benchmark(name: str, factory: BenchmarkFactory | str) -> None:
+    """Make ``factory`` (a zero-argument callable returning a ``Benchmark``, or ``"module:attr"``) the
+    benchmark called ``name``; replaces an earlier registration of that name."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"benchmark name must be a non-empty string, got {name!r}")
+    _REGISTRY[name] = factory
+
+
+def benchmark_names() -> list[str]:
+    """Registered names, including those of installed packages' ``smoothguard.benchmarks`` entry points."""
+    return sorted({*_REGISTRY, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """A fresh instance of the benchmark registered as ``name``."""
+    factory: BenchmarkFactory | str | None = _REGISTRY.get(name)
+    if factory is None:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            raise ConfigError(f"unknown benchmark {name!r}; choose one of {', '.join(benchmark_names())}")
+        factory = found[0].load()
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"benchmark {name!r} is registered as {factory} but cannot be imported: {exc}") from exc
+    benchmark = factory()
+    if not isinstance(benchmark, Benchmark):
+        raise ConfigError(f"the factory of benchmark {name!r} returned {type(benchmark).__name__}, not a Benchmark")
+    return benchmark

@@ -1,0 +1,242 @@
+"""``smoothguard eval``, ``smoothguard sweep`` and ``smoothguard score``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smoothguard.errors import ConfigError
+from smoothguard.eval.base import benchmark_names
+
+if TYPE_CHECKING:
+    from smoothguard.eval.runner import GuardSpec
+
+#: Options of the built-in benchmarks' loaders: flag (keyword with dashes) -> (type, help).
+_BENCHMARK_OPTIONS: dict[str, tuple[type, str]] = {
+    "--questions": (Path, "pope: question file (default DIR/llava_pope_test.jsonl)"),
+    "--labels": (Path, "pope: label folder with coco_pope_<split>.json (default DIR/coco)"),
+    "--images": (Path, "pope, llava-bench: image folder (default DIR/val2014, DIR/images)"),
+    "--splits": (str, "pope: splits to run, comma-separated (default all)"),
+    "--variant": (str, "mm-safety: SD | SD_TYPO | TYPO | text (default SD_TYPO; text with --universal-image)"),
+    "--scenarios": (str, "mm-safety: scenarios to run, names or numbers, comma-separated (default all)"),
+    "--universal-image": (Path, "mm-safety: use this image in place of every benchmark image"),
+    "--judge-instructions": (Path, "mm-safety: JSON of judging templates per scenario for the openai judge"),
+    "--reference": (Path, "llava-bench: reference answers (default DIR/answers_gpt4.jsonl)"),
+    "--rule": (Path, "llava-bench: LLaVA's rule.json with the review prompts (default DIR/rule.json)"),
+}
+
+
+def register(commands: Any) -> None:
+    """Add ``eval``, ``sweep`` and ``score`` to the ``smoothguard`` command."""
+    evaluate = commands.add_parser(
+        "eval",
+        help="run a benchmark (pope, mm-safety, llava-bench, ...) defended or not; rerun to resume",
+        description="Answer every item of a benchmark through SmoothGuard (or undefended), judge and score the "
+        "answers. Records go to RUN_DIR/records.jsonl as produced; rerunning the same command resumes.",
+    )
+    _add_run_options(evaluate)
+    evaluate.add_argument("--shard", help="i/n: answer items i, i+n, i+2n, ... (0 <= i < n), e.g. one per GPU")
+    evaluate.add_argument("--out", type=Path, help="run folder (default runs/BENCH/MODEL/undefended|sigma-S)")
+    evaluate.set_defaults(run=_run_eval)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a benchmark at several sigmas and plot its utility or ASR against sigma",
+        description="One defended run per sigma in OUT/sigma-S/ (finished runs are reused), then "
+        "OUT/utility-vs-sigma.{png,csv} or OUT/asr-vs-sigma.{png,csv}.",
+    )
+    _add_run_options(sweep)
+    sweep.add_argument("--sigmas", required=True, help="comma-separated, e.g. 0,0.05,0.1,0.15,0.2,0.3,0.4,0.5")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default runs/BENCH/MODEL/sweep)")
+    sweep.set_defaults(run=_run_sweep, sigma=None)
+
+    score = commands.add_parser("score", help="score answer or review files as the published scorers do")
+    which = score.add_subparsers(dest="scored", required=True, metavar="BENCH")
+    pope = which.add_parser("pope", help="POPE answers (LLaVA format) -> accuracy, precision, recall, F1, yes-ratio")
+    pope.add_argument("answers", type=Path, help="answer file: one JSON object a line with question_id and text")
+    pope.add_argument("--questions", type=Path, required=True, help="question file (llava_pope_test.jsonl)")
+    pope.add_argument("--labels", type=Path, required=True, help="folder of coco_pope_<split>.json label files")
+    pope.add_argument("--json", action="store_true", help="print the scores as JSON")
+    pope.set_defaults(run=_run_score_pope)
+    llava = which.add_parser("llava-bench", help="LLaVA-Bench judge reviews -> relative scores per category")
+    llava.add_argument("reviews", type=Path, help="review file (LLaVA's format, or a llava-bench run's records.jsonl)")
+    llava.add_argument(
+        "--exclude-unparseable", action="store_true", help="leave unparseable reviews out (default: -1/-1)"
+    )
+    llava.add_argument("--json", action="store_true", help="print the scores as JSON")
+    llava.set_defaults(run=_run_score_llava)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    from smoothguard.cli import add_guard_options, add_model_options
+
+    parser.add_argument("benchmark", metavar="BENCH", help=f"one of: {', '.join(benchmark_names())}")
+    add_model_options(parser)
+    parser.add_argument("--data", type=Path, help="the benchmark's data folder, in its published layout (README)")
+    add_guard_options(parser)
+    parser.add_argument(
+        "--defense", action=argparse.BooleanOptionalAction, default=True, help="SmoothGuard on (default) or off"
+    )
+    parser.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (128; llava-bench 256)")
+    parser.add_argument("--limit", type=int, help="only the first N items")
+    parser.add_argument(
+        "--questions-per-batch",
+        type=int,
+        default=4,
+        help="items per generate call, all their copies together (default 4)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    judge = parser.add_argument_group("judge")
+    judge.add_argument("--judge", help="refusal | guard-model | openai (default: the benchmark's; mm-safety: refusal)")
+    judge.add_argument("--judge-model", help="guard-model: the model folder; openai: the endpoint's model name")
+    judge.add_argument("--judge-url", help="openai: API base URL, e.g. https://api.openai.com/v1")
+    judge.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        help="openai: variable holding the key ('' for none; default OPENAI_API_KEY)",
+    )
+    options = parser.add_argument_group("benchmark options")
+    for flag, (kind, text) in _BENCHMARK_OPTIONS.items():
+        options.add_argument(flag, type=kind, help=text)
+    options.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="any other option of the benchmark's loader"
+    )
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from smoothguard.eval.runner import evaluate, parse_shard
+
+    spec = _spec(args)
+    out = args.out or _default_out(args, "undefended" if not spec.defended else f"sigma-{spec.sigma:g}")
+    summary = evaluate(
+        args.benchmark,
+        spec,
+        out,
+        shard=parse_shard(args.shard) if args.shard else None,
+        **_common(args),
+    )
+    _print_summary(summary, args.json, f"run folder {summary['run_folder']}")
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from smoothguard.eval.report import score_table
+    from smoothguard.eval.sweep import parse_sigmas, run_sweep
+
+    if args.sigma is not None:
+        raise ConfigError("sweep takes --sigmas (a list), not --sigma")
+    sigmas = parse_sigmas(args.sigmas)
+    spec = _spec(args, sigma=sigmas[0])
+    result = run_sweep(args.benchmark, spec, sigmas, args.out or _default_out(args, "sweep"), **_common(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = {f"sigma {row['sigma']:g}": {k: v for k, v in row.items() if "." in k} for row in result["rows"]}
+    print("\n".join(score_table(table)))
+    print(f"[sweep] plot {result['plot']}, data {result['csv']}", file=sys.stderr)
+    return 0
+
+
+def _run_score_pope(args: argparse.Namespace) -> int:
+    from smoothguard.eval.pope import score_pope_answers
+
+    scores = score_pope_answers(args.answers, args.questions, args.labels)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return 0
+    percent = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    header = (
+        f"{'split':<12} {'n':>6} "
+        + " ".join(f"{c:>9}" for c in percent)
+        + "".join(f" {c:>5}" for c in ("tp", "fp", "tn", "fn"))
+    )
+    print(header)
+    for split, m in scores.items():
+        counts = "".join(f" {m[c]:>5}" for c in ("tp", "fp", "tn", "fn")) if "tp" in m else ""
+        print(f"{split:<12} {m['n']:>6} " + " ".join(f"{100 * m[c]:>9.2f}" for c in percent) + counts)
+    print("(rates in percent; mean = unweighted mean over the splits)", file=sys.stderr)
+    return 0
+
+
+def _run_score_llava(args: argparse.Namespace) -> int:
+    from smoothguard.eval.llava_bench import score_llava_bench_reviews
+
+    scores = score_llava_bench_reviews(args.reviews, exclude_unparseable=args.exclude_unparseable)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return 0
+    print(f"{'category':<10} {'relative':>9} {'reference':>10} {'model':>7} {'n':>4} {'unparseable':>12}")
+    for group, m in scores.items():
+        relative = "—" if m["relative_score"] is None else f"{m['relative_score']:.1f}"
+        print(
+            f"{group:<10} {relative:>9} {10 * m['reference_mean']:>10.1f} {10 * m['model_mean']:>7.1f} "
+            f"{m['n']:>4} {m['unparseable']:>12}"
+        )
+    print("(reference and model: mean judge score x 10, as LLaVA's summarize_gpt_review prints them)", file=sys.stderr)
+    return 0
+
+
+def _spec(args: argparse.Namespace, **override: Any) -> GuardSpec:
+    from smoothguard.eval.runner import GuardSpec
+
+    settings = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "defense": args.defense,
+        "sigma": args.sigma,
+        "num_copies": args.num_copies,
+        "noise_space": args.noise_space,
+        "seed": args.seed,
+        "clamp": not args.no_clamp,
+        "embedder": args.embedder,
+        "batch_size": args.batch_size,
+    }
+    return GuardSpec(**{**settings, **override})
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``evaluate`` keywords shared by ``eval`` and ``sweep``."""
+    from smoothguard.eval.judges import JudgeOptions, make_judge
+
+    judge = None
+    if args.judge:
+        judge_options = JudgeOptions(
+            model=args.judge_model, url=args.judge_url, key_env=args.judge_key_env or None, device=args.device
+        )
+        judge = make_judge(args.judge, judge_options)
+    options = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in _BENCHMARK_OPTIONS}
+    for pair in args.option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = value
+    return {
+        "data": args.data,
+        "options": options,
+        "judge": judge,
+        "limit": args.limit,
+        "questions_per_batch": args.questions_per_batch,
+        "max_new_tokens": args.max_new_tokens,
+    }
+
+
+def _default_out(args: argparse.Namespace, leaf: str) -> Path:
+    model = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.model).name or args.model)
+    return Path("runs") / args.benchmark / model / leaf
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, where: str) -> None:
+    from smoothguard.eval.report import score_table
+
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print("\n".join(score_table(summary["scores"])))
+    items = summary["items"]
+    state = "complete" if summary["complete"] else "incomplete, rerun to resume"
+    print(f"[{summary['benchmark']}] {items['done']}/{items['selected']} items ({state}); {where}", file=sys.stderr)

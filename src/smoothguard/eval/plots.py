@@ -1,0 +1,40 @@
+"""Metric-versus-sigma figures (PNG, matplotlib's Agg canvas, no pyplot state) and their data as CSV."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def plot_vs_sigma(
+    rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, *, title: str, ylabel: str
+) -> Path:
+    """One line per metric key of ``rows`` (each row has ``sigma`` and those keys) against sigma."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    axes = figure.subplots()
+    ordered = sorted(rows, key=lambda row: row["sigma"])
+    for metric in metrics:
+        points = [(row["sigma"], row[metric]) for row in ordered if row.get(metric) is not None]
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", label=metric)
+    axes.set_xlabel("sigma (noise std, in the run's noise space)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend()
+    figure.savefig(path, dpi=150)
+    return path
+
+
+def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> Path:
+    """``rows`` as CSV with ``columns`` (missing values left empty)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,375 @@
+"""Run a benchmark into a run folder, resumably.
+
+A run folder holds ``run.json`` (the settings that shape the records), ``records.jsonl`` (one record
+per item, appended and fsynced as produced; ``records.shard-I-of-N.jsonl`` per shard), and, after
+every invocation, ``summary.json`` and ``report.md``. Rerunning the same command resumes: items with
+a record are skipped, a line torn by ``kill -9`` is cut off and redone. A rerun with other settings
+is refused (``RunConflictError``); ``--limit``, ``--shard``, batch sizes and the device may change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from smoothguard.errors import ConfigError
+from smoothguard.eval.base import Benchmark, EvalItem, Scores, get_benchmark
+from smoothguard.eval.errors import DataError, RunConflictError
+from smoothguard.eval.jsonl import DurableAppender, read_json, write_json_atomic, write_text_atomic
+from smoothguard.eval.judges import Judge, make_judge
+from smoothguard.eval.report import render_report
+from smoothguard.guard import GuardResult, SmoothGuard
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.noise import validate_sigma
+from smoothguard.provenance import versions
+
+SETTINGS_FILE = "run.json"
+RECORD_KEYS = ("id", "question_id", "prompt", "text", "image", "meta", "model_id", "defense", "timings", "judge")
+ModelSource = MLLMAdapter | Callable[[], MLLMAdapter] | None
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """How answers are produced: the model and SmoothGuard's settings (see ``SmoothGuard``).
+
+    ``defense=False`` or ``num_copies=0`` is the undefended baseline; then the noise settings do not
+    shape the answers and are left out of the run's settings. ``device`` and ``batch_size`` (most
+    candidates per ``generate`` call) do not shape them either.
+    """
+
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    defense: bool = True
+    sigma: float = 0.1
+    num_copies: int = 10
+    noise_space: str | None = None
+    seed: int = 0
+    clamp: bool = True
+    embedder: str | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_sigma(self.sigma)
+        for name, minimum in (("num_copies", 0), ("seed", 0)):
+            _check_int(name, getattr(self, name), minimum)
+
+    @property
+    def defended(self) -> bool:
+        return self.defense and self.num_copies > 0
+
+    def settings(self) -> dict[str, Any]:
+        """The part of the run settings that shapes the answers."""
+        model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+        guard = {"model": model, "dtype": self.dtype, "defense": None}
+        if self.defended:
+            guard["defense"] = {
+                "sigma": self.sigma,
+                "num_copies": self.num_copies,
+                "noise_space": self.noise_space,
+                "seed": self.seed,
+                "clamp": self.clamp,
+                "embedder": self.embedder,
+            }
+        return guard
+
+    def load_model(self) -> MLLMAdapter:
+        from smoothguard.models import load_model
+
+        return load_model(self.model, dtype=self.dtype, device=self.device)
+
+    def build(self, model: MLLMAdapter) -> SmoothGuard:
+        return SmoothGuard(
+            model,
+            sigma=self.sigma,
+            num_copies=self.num_copies if self.defended else 0,
+            noise_space=self.noise_space,
+            seed=self.seed,
+            clamp=self.clamp,
+            embedder=self.embedder,
+            batch_size=self.batch_size,
+        )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``: this process takes items i, i + n, i + 2n, ..."""
+    index, _, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return shard
+
+
+def resolve_judge(benchmark: Benchmark, judge: Judge | None) -> Judge | None:
+    """The judge a run uses: ``judge``, or the benchmark's default where it needs one."""
+    if judge is None and benchmark.judge_required:
+        judge = make_judge(benchmark.judges[0])
+    benchmark.check_judge(judge)
+    return judge
+
+
+def evaluate(
+    benchmark: Benchmark | str,
+    spec: GuardSpec,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    judge: Judge | None = None,
+    model: ModelSource = None,
+    limit: int | None = None,
+    shard: tuple[int, int] | None = None,
+    questions_per_batch: int = 4,
+    max_new_tokens: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) ``benchmark`` into the run folder ``out`` and return its summary.
+
+    ``options``: the benchmark's ``load_items`` options (``None`` values dropped). ``model``: an
+    adapter, or a zero-argument loader called only if there is work left (default: ``spec.load_model``).
+    ``limit``: the first N items only; ``shard``: ``(i, n)`` of those. ``questions_per_batch``: items
+    guarded per ``generate_batch`` call (all their candidates in one ``generate``, capped by
+    ``spec.batch_size``). ``progress``: a tqdm bar (``None``: only on a terminal).
+    """
+    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    options = {key: value for key, value in (options or {}).items() if value is not None}
+    data_dir = Path(data) if data is not None else None
+    for name, value in (
+        ("limit", limit),
+        ("questions_per_batch", questions_per_batch),
+        ("max_new_tokens", max_new_tokens),
+    ):
+        if value is not None:
+            _check_int(name, value, 1)
+    bench.check_options(data_dir, options)
+    items = bench.load_items(data_dir, **options)
+    judge = resolve_judge(bench, judge)
+    ids = {item.id for item in items}
+    if len(ids) != len(items):
+        raise DataError(f"benchmark {bench.name} has duplicate item ids; ids must be unique")
+    selected = items[:limit] if limit else items
+    mine = selected[shard[0] :: shard[1]] if shard else selected
+    tokens = max_new_tokens or bench.max_new_tokens
+    settings = {
+        "benchmark": bench.name,
+        "data": str(data_dir.resolve()) if data_dir is not None else None,
+        "options": _jsonable(options),
+        "guard": spec.settings(),
+        "max_new_tokens": tokens,
+        "judge": judge.identity() if judge else None,
+    }
+    folder = RunFolder(Path(out), settings)
+    records = read_records(folder.path)
+    strangers = [r["id"] for r in records if r["id"] not in ids]
+    if strangers:
+        raise DataError(f"run folder {out} has records of items the benchmark does not have (e.g. {strangers[0]})")
+    done = {r["id"] for r in records}
+    todo = [item for item in mine if item.id not in done]
+    described = None
+    if todo:
+        _check_images(todo)
+        adapter = model() if callable(model) else model or spec.load_model()
+        described = adapter.describe()
+        guard = spec.build(adapter)
+        records += _generate(
+            bench, guard, judge, todo, folder.records_path(shard), questions_per_batch, tokens, progress
+        )
+    previous = folder.path / "summary.json"
+    if described is None and previous.is_file():  # nothing was generated: keep the model of the last run that was
+        described = read_json(previous, "run summary").get("model")
+    wanted = {item.id for item in selected}
+    summary = _summary(bench, folder, settings, [r for r in records if r["id"] in wanted], len(selected), len(items))
+    summary["seed"] = spec.seed if spec.defended else None
+    summary["model"] = described
+    summary["runtime"] = {"questions_per_batch": questions_per_batch, "batch_size": spec.batch_size, "shard": shard}
+    write_json_atomic(folder.path / "summary.json", summary)
+    write_text_atomic(folder.path / "report.md", render_report(summary))
+    return summary
+
+
+class RunFolder:
+    """A run folder (see the module docstring); refuses settings other than those it was started with."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        settings_file = path / SETTINGS_FILE
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"run folder {path} is a file; pass a folder to --out")
+        if settings_file.is_file():
+            started = read_json(settings_file, "run settings")
+            if started != settings:
+                raise RunConflictError(
+                    f"run folder {path} was started with other settings ({_differences(started, settings)}); "
+                    "rerun with the original settings to resume, or pass another --out"
+                )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(settings_file, settings)
+
+    def records_path(self, shard: tuple[int, int] | None) -> Path:
+        return self.path / ("records.jsonl" if shard is None else f"records.shard-{shard[0]}-of-{shard[1]}.jsonl")
+
+
+def read_records(folder: Path) -> list[dict[str, Any]]:
+    """Every record of every shard of a run folder; a torn last line (a write cut short) is ignored."""
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in sorted(folder.glob("records*.jsonl")):
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for number, line in enumerate(lines[:-1], 1):  # the part after the last newline is torn or empty
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {number} is corrupt ({exc.msg}); delete that line to resume") from exc
+            if record["id"] in seen:
+                raise DataError(f"{path}: item {record['id']} has two records; were two runs writing one shard?")
+            seen.add(record["id"])
+            records.append(record)
+    return records
+
+
+def _generate(
+    bench: Benchmark,
+    guard: SmoothGuard,
+    judge: Judge | None,
+    todo: Sequence[EvalItem],
+    path: Path,
+    questions_per_batch: int,
+    max_new_tokens: int,
+    progress: bool | None,
+) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    written: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), desc=bench.name, unit="item", disable=None if progress is None else not progress)
+    with DurableAppender(path) as appender, bar:
+        for start in range(0, len(todo), questions_per_batch):
+            batch = todo[start : start + questions_per_batch]
+            results = guard.generate_batch(
+                [i.prompt for i in batch], [i.image for i in batch], max_new_tokens=max_new_tokens
+            )
+            started = time.perf_counter()
+            extras = bench.assess(batch, [r.text for r in results], judge)
+            judge_seconds = (time.perf_counter() - started) / len(batch)
+            for item, result, extra in zip(batch, results, extras, strict=True):
+                record = _record(item, result, extra, judge, guard.num_copies > 0, judge_seconds)
+                appender.append(record)
+                written.append(record)
+            bar.update(len(batch))
+    return written
+
+
+def _record(
+    item: EvalItem,
+    result: GuardResult,
+    extra: dict[str, Any],
+    judge: Judge | None,
+    defended: bool,
+    judge_seconds: float,
+) -> dict[str, Any]:
+    clash = set(extra) & set(RECORD_KEYS)
+    if clash:
+        raise ConfigError(f"benchmark fields {', '.join(sorted(clash))} clash with the runner's record fields")
+    defense = None
+    if defended:
+        defense = {
+            key: getattr(result, key)
+            for key in (
+                "candidates",
+                "cluster_labels",
+                "majority_fraction",
+                "chosen_index",
+                "clean_index",
+                "cluster_sizes",
+                "num_distinct",
+            )
+        }
+    record = {
+        "id": item.id,
+        "question_id": item.meta.get("question_id"),
+        "prompt": item.prompt,
+        "text": result.text,
+        "image": str(item.image) if isinstance(item.image, (str, os.PathLike)) else None,
+        "meta": item.meta,
+        "model_id": result.config["model"]["name"],
+        "defense": defense,
+        "timings": {**result.timings, "judge": judge_seconds},
+        "judge": judge.identity() if judge else None,
+    }
+    return {**record, **extra}
+
+
+def _summary(
+    bench: Benchmark,
+    folder: RunFolder,
+    settings: dict[str, Any],
+    records: list[dict[str, Any]],
+    selected: int,
+    total: int,
+) -> dict[str, Any]:
+    scores: Scores = bench.score(records) if records else {}
+    per_item = [r["timings"]["total"] / r["timings"]["batch_queries"] for r in records]
+    return {
+        "benchmark": bench.name,
+        "kind": bench.kind,
+        "run_folder": str(folder.path.resolve()),
+        "complete": len(records) == selected,
+        "items": {"done": len(records), "selected": selected, "total": total},
+        "headline": {key: lookup(scores, key) for key in bench.headline},
+        "scores": scores,
+        "settings": settings,
+        "judge": settings["judge"],
+        "timings": {"seconds_per_item": sum(per_item) / len(per_item) if per_item else None},
+        "versions": dict(versions()),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def lookup(scores: Scores, key: str) -> Any:
+    """``scores["group"]["metric"]`` for the key ``group.metric`` (``None`` if absent)."""
+    group, _, metric = key.rpartition(".")
+    return scores.get(group, {}).get(metric)
+
+
+def _check_images(items: Sequence[EvalItem]) -> None:
+    missing = [i.image for i in items if isinstance(i.image, (str, os.PathLike)) and not Path(i.image).is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of the {len(items)} images to answer are missing (first: {missing[0]}); "
+            "put the benchmark's images where its layout says or pass --images DIR"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [
+            _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+        return "; ".join(parts)
+    return f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
