@@ -16,6 +16,7 @@ import torch
 from smoothguard.errors import ConfigError, ModelLoadError
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
+from smoothguard.models.remote import REMOTE_PREFIX, load_remote
 
 TESTBED = "testbed"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -78,9 +79,14 @@ def load_model(
     """Load a multimodal model and its processor behind the adapter of its family.
 
     ``source``: a HuggingFace hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``), a local folder saved
-    with ``save_pretrained``, or ``"testbed"`` (the small LLaVA this package trains and ships).
-    ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``. ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``. Extra keyword arguments go to ``from_pretrained``.
+    with ``save_pretrained``, or ``"testbed"`` (the small LLaVA this package trains and ships), or
+    ``"openai:URL#MODEL"``, a remote OpenAI-compatible endpoint (``smoothguard.models.remote``; extra
+    keyword arguments then go to ``RemoteAdapter``).
+    ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``. ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``.
+    Extra keyword arguments go to ``from_pretrained``.
     """
+    if str(source).startswith(REMOTE_PREFIX):
+        return load_remote(str(source), dtype=dtype, device=device, **from_pretrained_kwargs)
     from transformers import AutoConfig
 
     display_name = name = str(source)

@@ -23,7 +23,7 @@ def register(commands: Any) -> None:
 
     train = actions.add_parser("train", help="train a testbed model (resumable: rerun the same command)")
     train.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
-    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)

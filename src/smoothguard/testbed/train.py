@@ -28,7 +28,7 @@ STATE_FILE = "train_state.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 100

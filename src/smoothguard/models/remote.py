@@ -1,0 +1,249 @@
+"""A remote OpenAI-compatible chat-completions endpoint (vLLM, SmoothGuard's own server, ...) as an adapter.
+
+``load_model("openai:http://host:8000/v1#llava-hf/llava-1.5-7b-hf")`` returns a :class:`RemoteAdapter`:
+the part after ``openai:`` up to ``#`` is the API base URL (``http`` or ``https``, the path that holds
+``/chat/completions``), the part after ``#`` the model name the endpoint serves. The API key, if the
+endpoint needs one, is read from ``SMOOTHGUARD_REMOTE_API_KEY`` (or passed as ``api_key=``).
+
+How it fits the adapter contract: the remote server owns tokenisation and preprocessing, so
+``preprocess`` is the identity on [0, 1] pixels (``{"pixels": [B, 3, H, W]}``) and ``prompt_text``
+carries the prompt as its UTF-8 bytes (``input_ids`` [1, L]). Only ``pixel`` noise exists: each
+candidate is clamped to [0, 1], quantised to 8 bits, encoded as a PNG ``data:`` URI and posted as
+one chat completion. ``generate`` posts the candidates concurrently (at most ``max_concurrency`` in
+flight per adapter), with a timeout per request and retries with exponential backoff on connection
+errors, timeouts, 429 and 5xx, and returns the answers in the order of the queries.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import torch
+from PIL import Image
+
+from smoothguard.errors import ConfigError, SmoothGuardError, UnsupportedError
+from smoothguard.models.base import MLLMAdapter, Query
+from smoothguard.models.image import to_uint8_image
+
+REMOTE_PREFIX = "openai:"
+API_KEY_ENV = "SMOOTHGUARD_REMOTE_API_KEY"
+#: Failures worth another try: unreachable (None), timeouts, rate limits, server errors; others fail at once.
+RETRY_STATUSES = frozenset({None, 408, 429, 500, 502, 503, 504})
+_REMOTE_OPTIONS = ("api_key", "timeout", "max_concurrency", "max_retries", "backoff")
+_GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p")
+
+
+class UpstreamError(SmoothGuardError):
+    """The remote endpoint failed: unreachable (``status`` None), or answered with HTTP ``status``."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Abandoned(UpstreamError):
+    """A query not (re)tried because another query of the same ``generate`` call had failed."""
+
+
+def parse_remote(source: str) -> tuple[str, str]:
+    """``"openai:URL#MODEL"`` -> (base URL without trailing ``/``, model name); ConfigError if malformed."""
+    url, _, model = source.removeprefix(REMOTE_PREFIX).partition("#")
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ConfigError(f"remote model URL: put no credentials in the URL; set {API_KEY_ENV} instead")
+    if parts.scheme not in ("http", "https") or not parts.netloc or not model.strip():
+        raise ConfigError(
+            f"remote model {source!r} is not of the form openai:http(s)://HOST[:PORT]/v1#MODEL_NAME "
+            "(e.g. openai:http://127.0.0.1:8000/v1#llava-hf/llava-1.5-7b-hf)"
+        )
+    return url.rstrip("/"), model.strip()
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is ``localhost`` or a loopback address (no proxy is used for those)."""
+    return is_loopback_host(urlsplit(url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def png_data_uri(pixels: torch.Tensor) -> str:
+    """Pixels [3, H, W] in [0, 1] -> ``data:image/png;base64,...`` (8-bit RGB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8_image(pixels)).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class RemoteAdapter(MLLMAdapter):
+    """An image-text model behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    ``timeout``: seconds per HTTP request; ``max_retries``: further tries after a retryable failure,
+    waiting ``backoff * 2**attempt`` seconds before each; ``max_concurrency``: most requests in flight
+    from this adapter, across all ``generate`` calls.
+    """
+
+    family = "openai"
+    modality = "image"
+    noise_spaces = ("pixel",)
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_concurrency: int = 8,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+    ) -> None:
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
+            raise ConfigError("remote model: need max_concurrency >= 1, max_retries >= 0, timeout > 0, backoff >= 0")
+        self.base_url = base_url
+        self.model_name = model_name
+        self.name = f"{REMOTE_PREFIX}{base_url}#{model_name}"
+        self.max_retries = max_retries
+        self.backoff = backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            trust_env=not is_loopback(base_url),
+            limits=httpx.Limits(max_connections=max_concurrency),
+        )
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="smoothguard-remote")
+
+    def _no_local_model(self) -> Any:
+        raise UnsupportedError(f"{self.name} is a remote model: no local weights or tokenizer (attacks need them)")
+
+    model = processor = tokenizer = property(_no_local_model)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "modality": self.modality, "endpoint": self.base_url}
+
+    # ------------------------------------------------------------- preprocessing
+    def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Identity: pixels [B, 3, H, W] in [0, 1] -> ``{"pixels": [B, 3, H, W]}`` (float32)."""
+        return {"pixels": media.float()}
+
+    def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prompt as UTF-8 bytes ``input_ids`` [1, L]; the server applies its own chat template."""
+        return {"input_ids": torch.tensor([list(prompt.encode("utf-8"))], dtype=torch.long)}
+
+    # ---------------------------------------------------------------- generation
+    def generate(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[str]:
+        """Post every query concurrently; one answer per query, in order. ``generate_kwargs``:
+        ``max_new_tokens`` (default 128), ``do_sample`` (default False: temperature 0), and with
+        sampling ``temperature`` / ``top_p``. Raises UpstreamError once any query has failed."""
+        unknown = sorted(set(generate_kwargs) - set(_GENERATE_KWARGS))
+        if unknown:
+            raise UnsupportedError(
+                f"remote models take only {', '.join(_GENERATE_KWARGS)} as generation options, not {', '.join(unknown)}"
+            )
+        options = self._sampling(generate_kwargs)
+        failed = threading.Event()
+        futures = [self._pool.submit(self._complete, self._payload(q, options), failed) for q in queries]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        errors = [error for f in futures if f in done and (error := f.exception()) is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, _Abandoned)), errors[0])
+        return [future.result() for future in futures]
+
+    @staticmethod
+    def _sampling(kwargs: dict[str, Any]) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_tokens": kwargs.get("max_new_tokens", 128)}
+        if not kwargs.get("do_sample", False):
+            return {**options, "temperature": 0.0}
+        return {**options, **{key: kwargs[key] for key in ("temperature", "top_p") if key in kwargs}}
+
+    def _payload(self, query: Query, options: dict[str, Any]) -> dict[str, Any]:
+        prompt = bytes(query.text["input_ids"][0].tolist()).decode("utf-8")
+        image = {"type": "image_url", "image_url": {"url": png_data_uri(query.media["pixels"][0])}}
+        content = [image, {"type": "text", "text": prompt}]
+        return {"model": self.model_name, "messages": [{"role": "user", "content": content}], **options}
+
+    def _complete(self, payload: dict[str, Any], failed: threading.Event) -> str:
+        """One chat completion with retries; gives up once another query of the same batch has failed."""
+        attempt = 0
+        while True:
+            try:
+                return self._post(payload)
+            except UpstreamError as exc:
+                if attempt == self.max_retries or exc.status not in RETRY_STATUSES:
+                    failed.set()
+                    raise
+            time.sleep(self.backoff * 2**attempt)
+            attempt += 1
+            if failed.is_set():
+                raise _Abandoned(f"{self.base_url}: abandoned after another request failed")
+
+    def _post(self, payload: dict[str, Any]) -> str:
+        try:
+            response = self._client.post("/chat/completions", json=payload)
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from exc
+        if response.status_code != 200:
+            raise UpstreamError(
+                f"{self.base_url} answered HTTP {response.status_code}: {_error_message(response)}",
+                status=response.status_code,
+            )
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> str:
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError(f"{self.base_url} sent a response without choices[0].message", status=200) from exc
+        if content is not None and not isinstance(content, str):
+            raise UpstreamError(f"{self.base_url} sent a non-text message content", status=200)
+        return (content or "").strip()
+
+
+def _error_message(response: httpx.Response, limit: int = 300) -> str:
+    """The upstream's error message (OpenAI's ``{"error": {"message": ...}}`` shape or raw text), shortened."""
+    try:
+        body = response.json()
+        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error", body)
+    except (ValueError, AttributeError, KeyError, TypeError):
+        message = response.text
+    return str(message).strip()[:limit] or "(empty body)"
+
+
+def load_remote(source: str, *, dtype: Any = None, device: Any = None, **options: Any) -> RemoteAdapter:
+    """``load_model``'s branch for ``openai:URL#MODEL``; ``options`` go to :class:`RemoteAdapter`."""
+    if dtype not in (None, "auto") or device not in (None, "auto"):
+        raise ConfigError(f"{source} runs on its server: drop --device/--dtype (device=, dtype=)")
+    unknown = sorted(set(options) - set(_REMOTE_OPTIONS))
+    if unknown:
+        raise ConfigError(f"remote models take the options {', '.join(_REMOTE_OPTIONS)}, not {', '.join(unknown)}")
+    base_url, model_name = parse_remote(source)
+    options.setdefault("api_key", os.environ.get(API_KEY_ENV) or None)
+    return RemoteAdapter(base_url, model_name, **options)

@@ -1,0 +1,139 @@
+"""The work behind ``/v1/chat/completions``: a request body in, a guarded ``chat.completion`` out.
+
+A local model answers one request at a time (requests wait their turn on a lock; the wait is
+reported as ``timings.queue``), so requests can never mix. A remote model answers requests
+concurrently: each request's copies go to the upstream through the adapter's bounded pool. The
+answer embedder is shared and runs one call at a time (HF tokenizers are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+
+from smoothguard.embed import Embedder
+from smoothguard.errors import ConfigError
+from smoothguard.guard import SmoothGuard
+from smoothguard.models.remote import RemoteAdapter
+from smoothguard.server.errors import ApiError
+from smoothguard.server.messages import parse_messages
+from smoothguard.server.schemas import ChatRequest, GuardOptions, completion_body
+from smoothguard.server.settings import ServerSettings
+
+#: Seeds must fit k-means' random_state (and the noise generator): [0, 2**32).
+MAX_SEED = 2**32
+
+
+class LockedEmbedder:
+    """``embedder`` behind a lock, for concurrent requests."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.name = embedder.name
+        self._embedder = embedder
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._embedder.embed(texts)
+
+
+class GuardService:
+    """Answers chat requests with ``guard``'s model and settings, overridden per request within ``settings``."""
+
+    def __init__(self, guard: SmoothGuard, settings: ServerSettings) -> None:
+        if guard.num_copies > settings.max_num_copies:
+            raise ConfigError(f"num_copies {guard.num_copies} is over the server limit {settings.max_num_copies}")
+        if guard.noise.sigma > settings.max_sigma:
+            raise ConfigError(f"sigma {guard.noise.sigma} is over the server limit {settings.max_sigma}")
+        self.guard = guard
+        self.settings = settings
+        self.model_name = settings.model_name or guard.model.name
+        self.remote = isinstance(guard.model, RemoteAdapter)
+        # Loaded now, so that the first request is not the slow one; an undefended server needs none.
+        self._embedder = LockedEmbedder(guard.embedder) if settings.max_num_copies else None
+        self._turn: AbstractContextManager[Any] = nullcontext() if self.remote else threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` reports."""
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "mode": "proxy" if self.remote else "local",
+            "defended": self.guard.num_copies > 0,
+            "num_copies": self.guard.num_copies,
+            "sigma": self.guard.noise.sigma,
+            "noise_space": self.guard.noise.space,
+        }
+
+    def complete(self, body: bytes) -> dict[str, Any]:
+        """One request body -> the response object; ``SmoothGuardError`` (``ApiError`` among them) on failure."""
+        started = time.perf_counter()
+        request = ChatRequest.parse(body)
+        if request.model not in (None, self.model_name):
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {request.model!r} is not served here; use {self.model_name!r}",
+                param="model",
+            )
+        options = request.smoothguard or GuardOptions()
+        guard = self.guard_for(options)
+        max_new_tokens = self.max_new_tokens(request.requested_tokens)
+        model = guard.model
+        chat = parse_messages(request.messages, model.modality, self.settings, getattr(model, "sampling_rate", None))
+        decoded = time.perf_counter()
+        with self._turn:
+            waited = time.perf_counter()
+            result = guard.generate_batch([chat.prompt], [chat.media], max_new_tokens=max_new_tokens)[0]
+        timings = {"decode": decoded - started, "queue": waited - decoded}
+        timings.update((key, value) for key, value in result.timings.items() if key != "batch_queries")
+        return completion_body(result, self.model_name, return_candidates=options.return_candidates, timings=timings)
+
+    def guard_for(self, options: GuardOptions) -> SmoothGuard:
+        """The server's guard with the request's overrides, each checked against the server's limits."""
+        limits = self.settings
+        num_copies = self.guard.num_copies if options.num_copies is None else options.num_copies
+        sigma = self.guard.noise.sigma if options.sigma is None else options.sigma
+        seed = self.guard.seed if options.seed is None else options.seed
+        if not 0 <= num_copies <= limits.max_num_copies:
+            note = " (it runs with --no-defense)" if limits.max_num_copies == 0 else ""
+            raise _out_of_range("num_copies", num_copies, f"0..{limits.max_num_copies}{note}", too_large=num_copies > 0)
+        if not 0 <= sigma <= limits.max_sigma:
+            raise _out_of_range("sigma", sigma, f"0..{limits.max_sigma:g}", too_large=sigma > 0)
+        if not 0 <= seed < MAX_SEED:
+            raise _out_of_range("seed", seed, "0..2**32-1", too_large=False)
+        return SmoothGuard(
+            self.guard.model,
+            sigma=sigma,
+            num_copies=num_copies,
+            noise_space=self.guard.noise.space,
+            seed=seed,
+            clamp=self.guard.noise.clamp,
+            num_clusters=self.guard.num_clusters,
+            embedder=self._embedder,
+            batch_size=self.guard.batch_size,
+        )
+
+    def max_new_tokens(self, requested: int | None) -> int:
+        if requested is None:
+            return self.settings.default_max_new_tokens
+        if not 1 <= requested <= self.settings.max_new_tokens:
+            raise ApiError(
+                422,
+                "max_tokens_too_large" if requested > self.settings.max_new_tokens else "invalid_value",
+                f"max_tokens {requested} is outside this server's range 1..{self.settings.max_new_tokens}",
+                param="max_tokens",
+            )
+        return requested
+
+
+def _out_of_range(name: str, value: float, allowed: str, *, too_large: bool) -> ApiError:
+    code = f"{name}_too_large" if too_large else "invalid_value"
+    return ApiError(
+        422, code, f"smoothguard.{name} {value} is outside this server's range {allowed}", param=f"smoothguard.{name}"
+    )
