@@ -40,6 +40,15 @@ def test_scenes_are_a_function_of_their_seed():
     assert render(sample_scene(5)).size == (IMAGE_SIZE, IMAGE_SIZE)
 
 
+def test_every_seed_gives_one_to_three_separate_objects():
+    for seed in range(3000):
+        boxes = [o.box for o in sample_scene(seed).objects]
+        assert 1 <= len(boxes) <= 3
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
 def test_training_and_held_out_seeds_are_disjoint():
     training = {
         training_seed(seed, step, i, 32) for seed in (0, 1) for step in range(0, 100_000, 997) for i in range(32)
@@ -95,8 +104,10 @@ def test_turn_weighted_loss_weighs_every_turn_equally():
     turns = torch.tensor([[-1, 0, -1, 1, 1, 1]])
     loss = turn_weighted_loss(logits, labels, turns)
     per_token = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE, reduction="none")
-    expected = (per_token[0] + per_token[2:5].mean()) / 2
-    assert loss.item() == pytest.approx(expected.item())
+    # each turn weighs 1: half on its first (deciding) token, half shared by all its tokens
+    one_token_turn = per_token[0]
+    three_token_turn = 0.5 * per_token[2] + 0.5 * per_token[2:5].mean()
+    assert loss.item() == pytest.approx(((one_token_turn + three_token_turn) / 2).item())
 
 
 def test_short_training_lowers_the_loss_resumes_and_exports(tmp_path):

@@ -76,11 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars() -> list[Callable[[Any], None]]:
     """One function per feature area that adds its subcommands (each area keeps its own CLI module)."""
+    from smoothguard.certify_cli import register as certification
     from smoothguard.eval.cli import register as evaluation
     from smoothguard.server.cli import register as serving
     from smoothguard.testbed.cli import register as testbed
 
-    return [_add_generate_parser, _add_attack_parser, testbed, evaluation, serving]
+    return [_add_generate_parser, _add_attack_parser, testbed, evaluation, certification, serving]
 
 
 def _add_generate_parser(commands: Any) -> None:

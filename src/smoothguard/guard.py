@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothguard.cluster import aggregate
+from smoothguard.certify import AdaptiveSampling
+from smoothguard.cluster import ClusterOutcome, aggregate
 from smoothguard.embed import Embedder, load_embedder
 from smoothguard.errors import ConfigError, InputError, UnsupportedError
 from smoothguard.inputs import load_audio, load_image, validate_prompt
@@ -27,7 +28,8 @@ CLEAN_INDEX = 0
 class GuardResult:
     """One guarded answer with its evidence.
 
-    ``candidates`` holds ``num_copies + 1`` answers; ``candidates[clean_index]`` is the clean input's.
+    ``candidates`` holds ``num_copies + 1`` answers (fewer when adaptive sampling stopped early: the clean
+    one and the first ``copies_used`` copies); ``candidates[clean_index]`` is the clean input's.
     ``cluster_labels`` has one label per candidate (0 = the majority cluster). ``timings`` are
     seconds per stage, measured over the whole batch the query was generated in.
     """
@@ -49,9 +51,14 @@ class GuardResult:
         """The undefended answer (the clean candidate's)."""
         return self.candidates[self.clean_index]
 
+    @property
+    def copies_used(self) -> int:
+        """Noisy copies answered (``num_copies`` unless adaptive sampling stopped early)."""
+        return len(self.candidates) - 1
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field plus ``clean_text``."""
-        return {**asdict(self), "clean_text": self.clean_text}
+        """JSON-ready dict of every field plus ``clean_text`` and ``copies_used``."""
+        return {**asdict(self), "clean_text": self.clean_text, "copies_used": self.copies_used}
 
 
 class SmoothGuard:
@@ -71,6 +78,10 @@ class SmoothGuard:
     num_clusters: k of k-means (paper: 2).
     embedder: ``None`` (packaged all-MiniLM-L6-v2), ``"roberta-mean:PATH"`` or an ``Embedder``.
     batch_size: most candidates per ``generate`` call; ``None`` = all candidates of all queries in one.
+    adaptive: off (``False``, the paper: answer all copies at once), or an ``AdaptiveSampling`` (``True``:
+        its defaults): answer the copies in rounds and stop once the majority's share is decided. The
+        copies answered are always the first ones of the full draw (same noise), and the result's
+        ``copies_used`` says how many.
     """
 
     def __init__(
@@ -85,6 +96,7 @@ class SmoothGuard:
         num_clusters: int = 2,
         embedder: str | Embedder | None = None,
         batch_size: int | None = None,
+        adaptive: bool | AdaptiveSampling = False,
     ) -> None:
         noise_space = noise_space or model.default_noise_space
         model.check_noise_space(noise_space)
@@ -93,12 +105,15 @@ class SmoothGuard:
         _check_int("num_clusters", num_clusters, minimum=1)
         if batch_size is not None:
             _check_int("batch_size", batch_size, minimum=1)
+        if not isinstance(adaptive, (bool, AdaptiveSampling)):
+            raise ConfigError(f"adaptive must be True, False or an AdaptiveSampling, got {adaptive!r}")
         self.model = model
         self.noise = GaussianNoise(validate_sigma(sigma), noise_space, clamp)
         self.num_copies = num_copies
         self.seed = seed
         self.num_clusters = num_clusters
         self.batch_size = batch_size
+        self.adaptive = AdaptiveSampling() if adaptive is True else adaptive or None
         self._embedder_spec = embedder
         self._embedder: Embedder | None = None
 
@@ -127,6 +142,8 @@ class SmoothGuard:
         mean_std = getattr(self.model, "mean_std", None)
         if self.noise.space == "normalized" and mean_std is not None:
             config["sigma_pixel_equivalent"] = pixel_sigma(self.noise.sigma, mean_std[1])
+        if self.adaptive is not None:
+            config["adaptive"] = self.adaptive.to_dict()
         return config
 
     # -------------------------------------------------------------------- public
@@ -161,7 +178,8 @@ class SmoothGuard:
         **generate_kwargs: Any,
     ) -> list[GuardResult]:
         """Guard several queries at once: all their candidates go through ONE ``generate`` call
-        (split by ``batch_size``), ONE embedding call, then one clustering per query.
+        (split by ``batch_size``), ONE embedding call, then one clustering per query. With adaptive
+        sampling, one ``generate`` and one embedding call per round, for the queries still undecided.
 
         ``media``: one image or audio input per prompt, of the model's modality.
         """
@@ -176,33 +194,16 @@ class SmoothGuard:
             for i, (p, m) in enumerate(zip(prompts, media, strict=True))
         ]
         prepared = time.perf_counter()
-        flat = [candidate for group in queries for candidate in group]
-        step = self.batch_size or len(flat)
-        answers: list[str] = []
-        for start in range(0, len(flat), step):
-            answers += self.model.generate(flat[start : start + step], max_new_tokens=max_new_tokens, **generate_kwargs)
-        generated = time.perf_counter()
-        # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
-        embeddings = self.embedder.embed(answers) if self.num_copies else np.zeros((len(answers), 1), np.float32)
-        embedded = time.perf_counter()
-        per_query = self.num_copies + 1
-        groups = [answers[i : i + per_query] for i in range(0, len(answers), per_query)]
-        outcomes = [
-            aggregate(
-                group,
-                embeddings[i * per_query : (i + 1) * per_query],
-                num_clusters=self.num_clusters,
-                seed=self.seed,
-                prefer_index=CLEAN_INDEX,
-            )
-            for i, group in enumerate(groups)
-        ]
+        answer = self._answer_adaptive if self.adaptive is not None and self.num_copies else self._answer_all
+        groups, embeddings, spent = answer(queries, max_new_tokens, generate_kwargs)
+        answered = time.perf_counter()
+        outcomes = [self._aggregate(group, vectors) for group, vectors in zip(groups, embeddings, strict=True)]
         clustered = time.perf_counter()
         timings = {
             "preprocess": prepared - started,
-            "generate": generated - prepared,
-            "embed": embedded - generated,
-            "cluster": clustered - embedded,
+            "generate": spent["generate"],
+            "embed": spent["embed"],
+            "cluster": spent.get("cluster", 0.0) + clustered - answered,
             "total": clustered - started,
             "batch_queries": len(prompts),
         }
@@ -234,6 +235,73 @@ class SmoothGuard:
         return [Query(text, clean), *(Query(text, m) for m in copies)]
 
     # ------------------------------------------------------------------ internal
+    def _answer_all(
+        self, queries: list[list[Query]], max_new_tokens: int, generate_kwargs: dict[str, Any]
+    ) -> tuple[list[list[str]], list[np.ndarray], dict[str, float]]:
+        """Every candidate of every query at once: answers and embeddings per query, seconds per stage."""
+        started = time.perf_counter()
+        answers = self._generate([c for group in queries for c in group], max_new_tokens, generate_kwargs)
+        generated = time.perf_counter()
+        # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
+        embeddings = self.embedder.embed(answers) if self.num_copies else np.zeros((len(answers), 1), np.float32)
+        per_query = self.num_copies + 1
+        spans = range(0, len(answers), per_query)
+        groups = [answers[i : i + per_query] for i in spans]
+        vectors = [embeddings[i : i + per_query] for i in spans]
+        return groups, vectors, {"generate": generated - started, "embed": time.perf_counter() - generated}
+
+    def _answer_adaptive(
+        self, queries: list[list[Query]], max_new_tokens: int, generate_kwargs: dict[str, Any]
+    ) -> tuple[list[list[str]], list[np.ndarray], dict[str, float]]:
+        """The clean candidate and the copies in rounds (``self.adaptive.schedule``), all undecided queries'
+        next copies in one ``generate`` per round, until each query's majority is decided."""
+        plan = self.adaptive
+        assert plan is not None  # only called with adaptive sampling on
+        groups: list[list[str]] = [[] for _ in queries]
+        vectors: list[np.ndarray] = [np.zeros((0, 0), np.float32) for _ in queries]
+        spent = {"generate": 0.0, "embed": 0.0, "cluster": 0.0}
+        active = list(range(len(queries)))
+        for copies in plan.schedule(self.num_copies):
+            started = time.perf_counter()
+            parts = [queries[i][len(groups[i]) : copies + 1] for i in active]
+            answers = self._generate([c for part in parts for c in part], max_new_tokens, generate_kwargs)
+            generated = time.perf_counter()
+            embeddings = self.embedder.embed(answers)
+            embedded = time.perf_counter()
+            offset = 0
+            for i, part in zip(active, parts, strict=True):
+                groups[i] += answers[offset : offset + len(part)]
+                new = embeddings[offset : offset + len(part)]
+                vectors[i] = np.concatenate([vectors[i], new]) if len(vectors[i]) else new
+                offset += len(part)
+            if copies < self.num_copies:
+                active = [i for i in active if not self._decided(plan, groups[i], vectors[i])]
+            spent["generate"] += generated - started
+            spent["embed"] += embedded - generated
+            spent["cluster"] += time.perf_counter() - embedded
+            if not active:
+                break
+        return groups, vectors, spent
+
+    def _decided(self, plan: AdaptiveSampling, answers: list[str], embeddings: np.ndarray) -> bool:
+        """Whether the majority cluster's share of the noisy copies answered so far is decided."""
+        labels = self._aggregate(answers, embeddings).labels
+        majority = sum(label == 0 for i, label in enumerate(labels) if i != CLEAN_INDEX)
+        return plan.decided(majority, len(answers) - 1, self.num_copies)
+
+    def _aggregate(self, answers: list[str], embeddings: np.ndarray) -> ClusterOutcome:
+        return aggregate(answers, embeddings, num_clusters=self.num_clusters, seed=self.seed, prefer_index=CLEAN_INDEX)
+
+    def _generate(self, queries: list[Query], max_new_tokens: int, generate_kwargs: dict[str, Any]) -> list[str]:
+        """Answers to ``queries`` in order, at most ``batch_size`` per ``generate`` call."""
+        step = self.batch_size or len(queries)
+        answers: list[str] = []
+        for start in range(0, len(queries), step):
+            answers += self.model.generate(
+                queries[start : start + step], max_new_tokens=max_new_tokens, **generate_kwargs
+            )
+        return answers
+
     def _load_media(self, source: Any, index: int) -> torch.Tensor:
         name = None if isinstance(source, (str, os.PathLike)) else f"{self.model.modality} {index}"
         if self.model.modality == "image":

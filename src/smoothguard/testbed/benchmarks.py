@@ -87,4 +87,4 @@ class TestbedSafetyBenchmark(Benchmark):
         return [verdict.to_record() for verdict in verdicts]
 
     def score(self, records: Sequence[dict[str, Any]]) -> Scores:
-        return asr_scores(("all", r["verdict"]) for r in records)
+        return asr_scores((f"request-{r['meta']['request']}", r["verdict"]) for r in records)

@@ -66,6 +66,8 @@ def sample_scene(seed: int, *, max_objects: int = 3, badge: bool | None = None) 
     objects = []
     for color, shape in chosen:
         box = _place(rng, boxes)
+        if box is None:  # no room left: the scene keeps the objects placed so far
+            break
         boxes.append(box)
         objects.append(SceneObject(color, shape, box))
     objects.sort(key=lambda o: (o.box[0], o.box[1]))  # left to right: the order descriptions use
@@ -78,7 +80,8 @@ def sample_scene(seed: int, *, max_objects: int = 3, badge: bool | None = None) 
     )
 
 
-def _place(rng: random.Random, taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+def _place(rng: random.Random, taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
+    """A free box clear of ``taken`` and of the badge corner, or None after 200 tries."""
     badge_zone = IMAGE_SIZE - BADGE_SIZE - 2 * BADGE_MARGIN
     for _ in range(200):
         size = rng.randint(*_OBJECT_SIZES)
@@ -87,7 +90,7 @@ def _place(rng: random.Random, taken: list[tuple[int, int, int, int]]) -> tuple[
         in_badge_corner = box[2] > badge_zone and box[3] > badge_zone
         if not in_badge_corner and all(_apart(box, other) for other in taken):
             return box
-    raise RuntimeError("could not place an object; scene too crowded")  # unreachable for <= 3 objects
+    return None
 
 
 def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 2) -> bool:

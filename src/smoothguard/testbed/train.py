@@ -1,6 +1,7 @@
 """Training of the testbed model: AdamW with warm-up and cosine decay, every question weighted
-equally (a one-token "yes" counts as much as a ten-token description), a curriculum that starts
-with one object per scene, resumable checkpoints, and a fast held-out probe during training."""
+equally (a one-token "yes" counts as much as a ten-token description; half of each question's
+weight on its deciding first token), a curriculum that starts with one object per scene,
+resumable checkpoints, and a fast held-out probe during training."""
 
 from __future__ import annotations
 
@@ -42,15 +43,18 @@ class TrainConfig:
 
 
 def turn_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, turn_ids: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy where every answered turn has weight 1 (its tokens share it), averaged over
-    turns. ``logits`` [B, L, V]; ``labels`` / ``turn_ids`` [B, L] (unshifted)."""
-    logits, labels, turn_ids = logits[:, :-1], labels[:, 1:], turn_ids[:, 1:]
+    """Cross-entropy where every answered turn has weight 1, averaged over turns: half of it on the
+    turn's first answer token (the decision: yes/no, the count, refuse/comply), half shared by all
+    its tokens. Without this a seven-token refusal leaves its one deciding token 1/80 of the loss.
+    ``logits`` [B, L, V]; ``labels`` / ``turn_ids`` [B, L] (unshifted)."""
+    first = (labels != IGNORE) & (torch.nn.functional.pad(labels[:, :-1], (1, 0), value=IGNORE) == IGNORE)
+    logits, labels, turn_ids, first = logits[:, :-1], labels[:, 1:], turn_ids[:, 1:], first[:, 1:]
     losses = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
     mask = labels != IGNORE
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
     keys = (rows * 1000 + turn_ids)[mask]
     _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse].float()
+    weights = 0.5 / counts[inverse].float() + 0.5 * first[mask].float()
     return (losses[mask] * weights).sum() / counts.numel()
 
 

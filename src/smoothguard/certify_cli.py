@@ -1,0 +1,124 @@
+"""``smoothguard certify``: certified yes/no answers on the testbed or POPE, and the certified-accuracy table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from smoothguard.errors import ConfigError
+from smoothguard.noise import NOISE_SPACES, validate_sigma
+
+#: ``--benchmark`` -> the registered benchmark whose yes/no items are certified.
+BENCHMARKS = {"testbed": "testbed-pope", "pope": "pope"}
+
+
+def register(commands: Any) -> None:
+    """Add ``certify`` to the ``smoothguard`` command."""
+    from smoothguard.cli import add_model_options
+
+    parser = commands.add_parser(
+        "certify",
+        help="certified yes/no answers (randomized smoothing): radius per item, certified accuracy vs radius",
+        description="Cohen et al.'s CERTIFY for every item: n0 noisy copies select the answer, n more bound its "
+        "probability (Clopper-Pearson at alpha); the answer is certified within L2 radius sigma * Phi^-1(p_lower) "
+        "in the noise space's units, or abstained. Writes OUT/sigma-S/records.jsonl per sigma, then "
+        "OUT/summary.json and the certified-accuracy table as CSV and PNG. Rerun the same command to resume.",
+    )
+    add_model_options(parser)
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="testbed: testbed-pope items")
+    parser.add_argument("--data", type=Path, help="pope: LLaVA's POPE folder (see the README)")
+    parser.add_argument("--questions", type=Path, help="pope: question file (default DIR/llava_pope_test.jsonl)")
+    parser.add_argument("--labels", type=Path, help="pope: label folder (default DIR/coco)")
+    parser.add_argument("--images", type=Path, help="pope: image folder (default DIR/val2014)")
+    parser.add_argument("--splits", help="pope: splits, comma-separated (default all)")
+    parser.add_argument(
+        "--sigma", default="0.25", help="noise std in --noise-space units; comma-separated for several (default 0.25)"
+    )
+    parser.add_argument(
+        "--noise-space", choices=NOISE_SPACES, default="pixel", help="default: pixel (radii in [0, 1]-pixel L2)"
+    )
+    parser.add_argument("--n0", type=int, default=100, help="selection copies per item (default 100)")
+    parser.add_argument("--n", type=int, default=1000, help="estimation copies per item (default 1000)")
+    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    parser.add_argument("--radii", default="0,0.1,0.25,0.5,1", help="table radii (default 0,0.1,0.25,0.5,1)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--no-clamp", action="store_true", help="do not clamp noisy pixels")
+    parser.add_argument("--batch-size", type=int, default=None, help="copies per generate call (default 128)")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (testbed 8, pope 128)")
+    parser.add_argument("--limit", type=int, help="only the first K items")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/certify/BENCH/MODEL)")
+    parser.add_argument("--json", action="store_true", help="print the summary (with the table) as JSON")
+    parser.set_defaults(run=_run_certify)
+
+
+def _run_certify(args: argparse.Namespace) -> int:
+    from smoothguard.certify import validate_alpha
+    from smoothguard.certify_run import certify_items, format_table
+    from smoothguard.eval.base import get_benchmark
+    from smoothguard.models import load_model
+
+    sigmas = _numbers(args.sigma, "--sigma")
+    radii = _numbers(args.radii, "--radii")
+    for sigma in sigmas:
+        validate_sigma(sigma)
+    for name in ("n0", "n", "limit", "batch_size", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    validate_alpha(args.alpha)
+    if min(radii) < 0:
+        raise ConfigError(f"--radii must be >= 0, got {args.radii}")
+    bench = get_benchmark(BENCHMARKS[args.benchmark])
+    options = {k: getattr(args, k) for k in ("questions", "labels", "images", "splits") if getattr(args, k)}
+    if args.benchmark == "testbed" and (options or args.data):
+        raise ConfigError("--data, --questions, --labels, --images and --splits are for --benchmark pope")
+    bench.check_options(args.data, options)
+    items = bench.load_items(args.data, **options)[: args.limit]
+    settings = {
+        "benchmark": bench.name,
+        "data": str(args.data.resolve()) if args.data else None,
+        "options": {k: str(v) for k, v in options.items()},
+        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        "dtype": args.dtype,
+        "parser": "yes-no",
+        "noise_space": args.noise_space,
+        "seed": args.seed,
+        "clamp": not args.no_clamp,
+        "n0": args.n0,
+        "n": args.n,
+        "alpha": args.alpha,
+        "max_new_tokens": args.max_new_tokens or bench.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+    model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.model).name)
+    out = args.out or Path("runs") / "certify" / args.benchmark / model_name
+    summary = certify_items(
+        items,
+        lambda: load_model(args.model, device=args.device, dtype=args.dtype),
+        out,
+        sigmas=sigmas,
+        settings=settings,
+        radii=radii,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print("\n".join(format_table(summary)))
+    print(f"[certify] {len(items)} items, n0={args.n0} n={args.n} alpha={args.alpha}; {out}", file=sys.stderr)
+    return 0
+
+
+def _numbers(text: str, flag: str) -> list[float]:
+    try:
+        numbers = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        numbers = []
+    if not numbers or not all(math.isfinite(number) for number in numbers):
+        raise ConfigError(f"{flag} takes comma-separated numbers, e.g. 0.12,0.25; got {text!r}")
+    return numbers

@@ -1,0 +1,209 @@
+"""Certify a yes/no benchmark at one or more sigmas, resumably, and tabulate certified accuracy vs radius.
+
+Output folder::
+
+    OUT/sigma-S/run.json         the settings that shape the records (a rerun with others is refused)
+    OUT/sigma-S/records.jsonl    one record per item, appended and fsynced as produced: id, prompt, label,
+                                 answer (null = abstained), correct, radius, abstained, p_lower, top,
+                                 counts, selection_counts, sigma, seconds
+    OUT/summary.json             settings, the table (rows per sigma), units, versions
+    OUT/certified-accuracy.csv   the table; OUT/certified-accuracy.png: certified accuracy vs radius
+
+Rerunning the same command resumes: items with a record are skipped. Certified accuracy at radius r
+(Cohen et al. 2019) is the share of items certified correct (not abstained) with radius >= r.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from smoothguard.answers import YesNoParser
+from smoothguard.certify import certify
+from smoothguard.eval.base import EvalItem
+from smoothguard.eval.jsonl import DurableAppender, write_json_atomic
+from smoothguard.eval.plots import write_csv
+from smoothguard.eval.runner import RunFolder, read_records
+from smoothguard.guard import SmoothGuard
+from smoothguard.models.base import MLLMAdapter
+from smoothguard.provenance import versions
+
+RADIUS_UNITS = {
+    "pixel": "L2 over [0, 1] pixels",
+    "normalized": "L2 over normalized pixel_values",
+    "waveform": "L2 over waveform samples",
+}
+
+
+def certify_items(
+    items: Sequence[EvalItem],
+    model: MLLMAdapter | Callable[[], MLLMAdapter],
+    out: Path,
+    *,
+    sigmas: Sequence[float],
+    settings: dict[str, Any],
+    radii: Sequence[float],
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Certify every item (``meta["label"]`` is ``yes``/``no``) at each sigma into ``out`` and return the
+    summary. ``settings``: ``noise_space``, ``seed``, ``clamp``, ``n0``, ``n``, ``alpha``,
+    ``max_new_tokens``, ``batch_size`` and identity fields (model, benchmark, ...) checked on resume.
+    ``model``: an adapter, or a loader called only if there is work left."""
+    started = time.perf_counter()
+    rows, plotted = [], {}
+    for sigma in sigmas:
+        folder = RunFolder(out / f"sigma-{sigma:g}", {**_shaping(settings), "sigma": sigma})
+        records = read_records(folder.path)
+        done = {record["id"] for record in records}
+        todo = [item for item in items if item.id not in done]
+        if todo:
+            if callable(model):
+                model = model()
+            records += _certify(todo, model, folder.path / "records.jsonl", sigma, settings, progress)
+        wanted = {item.id for item in items}
+        records = [record for record in records if record["id"] in wanted]
+        rows.append(table_row(sigma, records, radii))
+        plotted[sigma] = records
+    units = RADIUS_UNITS[settings["noise_space"]]
+    summary = {
+        "settings": settings,
+        "radius_units": units,
+        "radii": list(radii),
+        "rows": rows,
+        "complete": all(row["items"] == len(items) for row in rows),
+        "csv": str(_write_table(rows, radii, out / "certified-accuracy.csv")),
+        "plot": str(plot_certified_accuracy(plotted, out / "certified-accuracy.png", units, _title(settings))),
+        "seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def certified_accuracy(records: Sequence[dict[str, Any]], radius: float) -> float:
+    """Share of ``records`` certified correct with radius >= ``radius`` (0.0 for no records)."""
+    hits = sum(record["correct"] and record["radius"] >= radius for record in records)
+    return hits / len(records) if records else 0.0
+
+
+def table_row(sigma: float, records: Sequence[dict[str, Any]], radii: Sequence[float]) -> dict[str, Any]:
+    """One row of the table: ``sigma``, ``items``, ``abstain_rate`` and ``certified_accuracy`` per radius."""
+    return {
+        "sigma": sigma,
+        "items": len(records),
+        "abstain_rate": sum(r["abstained"] for r in records) / len(records) if records else 0.0,
+        "certified_accuracy": {f"{radius:g}": certified_accuracy(records, radius) for radius in radii},
+    }
+
+
+def plot_certified_accuracy(
+    by_sigma: dict[float, Sequence[dict[str, Any]]], path: Path, units: str, title: str
+) -> Path:
+    """Certified accuracy against radius, one curve per sigma (Cohen et al.'s figure), as a PNG."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    axes = figure.subplots()
+    largest = max((r["radius"] for records in by_sigma.values() for r in records), default=0.0)
+    grid = [largest * 1.05 * step / 200 for step in range(201)] if largest > 0 else [0.0]
+    for sigma, records in by_sigma.items():
+        axes.plot(grid, [certified_accuracy(records, radius) for radius in grid], label=f"sigma {sigma:g}")
+    axes.set_xlabel(f"radius ({units})")
+    axes.set_ylabel("certified accuracy")
+    axes.set_ylim(0, 1)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path, dpi=150)
+    return path
+
+
+def format_table(summary: dict[str, Any]) -> list[str]:
+    """The table as text lines: a row per sigma, a column per radius (Cohen et al.'s table shape)."""
+    radii = [f"{radius:g}" for radius in summary["radii"]]
+    lines = [
+        f"certified accuracy at radius r ({summary['radius_units']})",
+        f"{'sigma':>8} {'items':>6} " + " ".join(f"{'r=' + r:>8}" for r in radii) + f" {'abstain':>8}",
+    ]
+    for row in summary["rows"]:
+        cells = " ".join(f"{row['certified_accuracy'][r]:>8.3f}" for r in radii)
+        lines.append(f"{row['sigma']:>8g} {row['items']:>6} {cells} {row['abstain_rate']:>8.3f}")
+    return lines
+
+
+def _certify(
+    items: Sequence[EvalItem],
+    model: MLLMAdapter,
+    path: Path,
+    sigma: float,
+    settings: dict[str, Any],
+    progress: bool | None,
+) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    guard = SmoothGuard(
+        model,
+        sigma=sigma,
+        num_copies=0,
+        noise_space=settings["noise_space"],
+        seed=settings["seed"],
+        clamp=settings["clamp"],
+        batch_size=settings["batch_size"],
+    )
+    parser = YesNoParser()
+    written = []
+    bar = tqdm(items, desc=f"sigma {sigma:g}", unit="item", disable=None if progress is None else not progress)
+    with DurableAppender(path) as appender:
+        for item in bar:
+            began = time.perf_counter()
+            certificate = certify(
+                guard,
+                item.prompt,
+                item.image,
+                parser,
+                n0=settings["n0"],
+                n=settings["n"],
+                alpha=settings["alpha"],
+                max_new_tokens=settings["max_new_tokens"],
+            )
+            record = {
+                "id": item.id,
+                "prompt": item.prompt,
+                "label": item.meta["label"],
+                "answer": certificate.answer,
+                "correct": certificate.answer == item.meta["label"],
+                "radius": certificate.radius,
+                "abstained": certificate.abstained,
+                "p_lower": certificate.p_lower,
+                "top": certificate.top,
+                "counts": certificate.counts,
+                "selection_counts": certificate.selection_counts,
+                "sigma": sigma,
+                "seconds": time.perf_counter() - began,
+            }
+            appender.append(record)
+            written.append(record)
+    return written
+
+
+def _title(settings: dict[str, Any]) -> str:
+    return (
+        f"{settings['benchmark']}, {settings['noise_space']} noise: "
+        f"n0={settings['n0']}, n={settings['n']}, alpha={settings['alpha']:g}"
+    )
+
+
+def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape the records (the batch size does not)."""
+    return {key: value for key, value in settings.items() if key != "batch_size"}
+
+
+def _write_table(rows: Sequence[dict[str, Any]], radii: Sequence[float], path: Path) -> Path:
+    columns = ["sigma", "items", "abstain_rate", *(f"r={radius:g}" for radius in radii)]
+    flat = [
+        {**{k: row[k] for k in columns[:3]}, **{f"r={r}": v for r, v in row["certified_accuracy"].items()}}
+        for row in rows
+    ]
+    return write_csv(flat, columns, path)
