@@ -4,7 +4,6 @@ and SmoothGuard driving it (against a scripted upstream on loopback)."""
 import base64
 import io
 import socket
-import time
 
 import pytest
 import torch
@@ -97,10 +96,9 @@ def test_timeout_and_unreachable_upstream():
     upstream = ScriptedUpstream(delay=lambda prompt: 0.6)
     with BackgroundServer(upstream.app) as server:
         adapter = remote(server, timeout=0.2, max_retries=0)
-        started = time.perf_counter()
         with pytest.raises(UpstreamError, match="ReadTimeout") as failure:
             adapter.generate(queries(adapter, 2))
-        assert failure.value.status is None and time.perf_counter() - started < 0.6
+        assert failure.value.status is None
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]

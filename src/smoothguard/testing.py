@@ -69,6 +69,78 @@ def build_tokenizer(
     return tokenizer
 
 
+def llava_processor(tokenizer: PreTrainedTokenizerFast, *, image_size: int, patch_size: int):
+    """A ``LlavaProcessor`` with a CLIP image processor at ``image_size`` (resize shortest edge, centre
+    crop, CLIP mean/std) and LLaVA-1.5's chat template."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def random_llava(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    image_size: int,
+    patch_size: int,
+    vision_hidden: int,
+    vision_layers: int,
+    text_hidden: int,
+    text_layers: int,
+    heads: int = 2,
+    max_positions: int = 4096,
+    seed: int = 0,
+):
+    """A randomly initialised ``LlavaForConditionalGeneration``: CLIP vision tower + Llama text model
+    (MLPs 2x hidden), ``(image_size / patch_size) ** 2`` image tokens, LLaVA-1.5's feature selection."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=2 * text_hidden,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 def save_tiny_llava(
     folder: str | Path,
     *,
@@ -84,65 +156,20 @@ def save_tiny_llava(
     ``image_size`` / ``patch_size`` set the number of image tokens, ``(image_size/patch_size)**2``
     (LLaVA-1.5-7B: 336 / 14 -> 576). Returns the folder.
     """
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
     folder = Path(folder)
     tokenizer = build_tokenizer(["<image>"], chat_template=LLAVA_CHAT_TEMPLATE)
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
+    model = random_llava(
+        tokenizer,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=hidden_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        vision_hidden=hidden_size,
+        vision_layers=num_layers,
+        text_hidden=hidden_size,
+        text_layers=num_layers,
+        seed=seed,
     )
     model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    llava_processor(tokenizer, image_size=image_size, patch_size=patch_size).save_pretrained(folder)
     return folder
 
 
