@@ -188,3 +188,13 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     assert summary["seconds"] > 0 and summary["counts"]["safety_items"] == len(RESTRICTED)
     for name in ("clean.png", "universal.png", "adaptive.png", "demo.png", "summary.json", "universal.png.json"):
         assert (tmp_path / name).is_file()
+
+
+def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_path):
+    from smoothguard.inputs import load_image
+    from smoothguard.testbed.demo import SHIPPED_ATTACKS, DemoConfig, _adversarial
+
+    clean = scene_pixels(held_out_scenes(1, badge=False)[0])
+    image = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False)
+    assert torch.equal(image, load_image(SHIPPED_ATTACKS / "universal.png"))
+    assert not any(tmp_path.iterdir())  # nothing optimised

@@ -138,7 +138,7 @@ def _adversarial(
     }
     for folder in (out_dir, SHIPPED_ATTACKS):
         sidecar = folder / f"{kind}.png.json"
-        if sidecar.is_file() and json.loads(sidecar.read_text()).get("demo_key") == key:
+        if sidecar.is_file() and json.loads(sidecar.read_text()).get("config", {}).get("demo_key") == key:
             return load_image(folder / f"{kind}.png")
     attack = PGD(
         eps=config.eps, alpha=config.alpha, steps=steps, eot=eot, early_stop=False, seed=config.seed, progress=progress
