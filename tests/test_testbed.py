@@ -185,7 +185,8 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     for key in ("utility", "asr", "asr_adaptive", "asr_clean"):
         assert set(summary[key]) == {"undefended", "smoothguard"}
         assert all(0.0 <= v <= 1.0 for v in summary[key].values())
-    assert summary["seconds"] > 0 and summary["counts"]["safety_items"] == len(RESTRICTED)
+    recorded_duration = summary["seconds"]  # present and positive; its size is a benchmark matter
+    assert recorded_duration > 0 and summary["counts"]["safety_items"] == len(RESTRICTED)
     for name in ("clean.png", "universal.png", "adaptive.png", "demo.png", "summary.json", "universal.png.json"):
         assert (tmp_path / name).is_file()
 
