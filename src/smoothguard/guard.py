@@ -231,7 +231,7 @@ class SmoothGuard:
         text = self.model.prompt_text(prompt, media)
         with torch.no_grad():
             clean = self.model.preprocess(media.unsqueeze(0))
-            copies = self.noise.copies(self.model, media, self.num_copies, self.seed) if self.num_copies else []
+            copies = self.noise.copies(self.model, media, self.num_copies, self.seed, clean) if self.num_copies else []
         return [Query(text, clean), *(Query(text, m) for m in copies)]
 
     # ------------------------------------------------------------------ internal

@@ -64,14 +64,20 @@ class GaussianNoise:
         return self.sigma * torch.randn((num_copies, *shape), generator=generator)
 
     def copies(
-        self, adapter: MLLMAdapter, media: torch.Tensor, num_copies: int, seed: int
+        self,
+        adapter: MLLMAdapter,
+        media: torch.Tensor,
+        num_copies: int,
+        seed: int,
+        clean: dict[str, torch.Tensor] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """The model inputs of ``num_copies`` noisy copies of one medium (pixels [3, H, W] in [0, 1] or a
         waveform [T]): noise on ``adapter.preprocess``'s ``normalized_key`` tensor in normalized space,
-        on the medium itself otherwise. Differentiable w.r.t. ``media`` (the defense runs it under
-        ``no_grad``, the EOT attack through it)."""
+        on the medium itself otherwise. ``clean``: the medium's ``preprocess`` output, when the caller
+        already has it. Differentiable w.r.t. ``media`` (the defense runs it under ``no_grad``, the EOT
+        attack through it)."""
         if self.space == "normalized":
-            clean = adapter.preprocess(media.unsqueeze(0))
+            clean = adapter.preprocess(media.unsqueeze(0)) if clean is None else clean
             key = adapter.normalized_key
             noisy = self.perturb(clean[key], num_copies, seed)
             return [{**clean, key: noisy[i]} for i in range(num_copies)]

@@ -20,6 +20,7 @@ from smoothguard.attacks.objectives import TargetObjective
 from smoothguard.attacks.pgd import PGD, AttackResult
 from smoothguard.errors import ConfigError, InputError
 from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.image import to_uint8_image
 
 IMAGE_SUFFIXES = (".png", ".bmp")
 AUDIO_SUFFIXES = (".wav",)
@@ -77,8 +78,7 @@ def save_adversarial(result: AttackResult, path: str | Path) -> Path:
             raise ConfigError("the attack result does not record its sampling rate")
         sf.write(path, result.adversarial.numpy().astype(np.float32), rate, subtype="FLOAT")
     else:
-        pixels = (result.adversarial * 255).round().clamp(0, 255).to(torch.uint8)
-        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
+        Image.fromarray(to_uint8_image(result.adversarial)).save(path)
     sidecar = path.with_name(path.name + ".json")
     record = {**result.to_dict(), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     sidecar.write_text(json.dumps(record, indent=2))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
 from smoothguard.eval.base import EvalItem
@@ -28,6 +29,7 @@ from smoothguard.guard import SmoothGuard
 from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
 from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.image import to_uint8_image
 from smoothguard.testbed.benchmarks import TestbedPopeBenchmark, TestbedSafetyBenchmark
 from smoothguard.testbed.data import held_out_scenes, scene_pixels
 from smoothguard.testbed.model import CHECKPOINT_DIR
@@ -92,7 +94,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
         "details": {"utility": utility, "asr": asr},
         "images": {"clean": "clean.png", "universal": "universal.png", "adaptive": "adaptive.png"},
     }
-    save_png(clean, out_dir / "clean.png")
+    Image.fromarray(to_uint8_image(clean)).save(out_dir / "clean.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, out_dir / "demo.png")
     return summary
@@ -153,12 +155,6 @@ def _adversarial(
 def checkpoint_hash() -> str:
     """sha256 (first 16 hex digits) of the shipped testbed weights: adversarial caches are tied to it."""
     return hashlib.sha256((CHECKPOINT_DIR / "model.safetensors").read_bytes()).hexdigest()[:16]
-
-
-def save_png(pixels: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray((pixels * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
 
 
 def plot_summary(summary: dict[str, Any], path: Path) -> None:
