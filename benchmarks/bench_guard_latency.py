@@ -31,7 +31,7 @@ import torch
 import transformers
 
 from smoothguard import SmoothGuard, load_model
-from smoothguard.testing import save_tiny_llava
+from smoothguard.models.tiny import save_tiny_llava
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -122,7 +122,7 @@ def main() -> None:
     guard = ["--num-copies", str(args.num_copies), "--sigma", "0.1", "--device", "cpu"]
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         if args.model is None:
-            from smoothguard.testing import save_tiny_llava
+            from smoothguard.models.tiny import save_tiny_llava
 
             args.model = str(save_tiny_llava(folder))
         name = ["--served-model-name", "bench"]

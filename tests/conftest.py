@@ -17,7 +17,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from smoothguard.testing import save_tiny_llava
+    from smoothguard.models.tiny import save_tiny_llava
 
     return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
 

@@ -102,7 +102,7 @@ def save_tiny_guard(folder: Path, verdict: str | None) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from smoothguard.testing import build_tokenizer
+    from smoothguard.models.build import build_tokenizer
 
     template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}Verdict:"
     corpus = ["safe unsafe safe unsafe", "user: hello assistant: fine Verdict: safe", "unsafe S1 S2"]

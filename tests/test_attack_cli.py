@@ -147,7 +147,7 @@ def test_untargeted_and_eot(capsys, tiny_llava_dir, image_file):
 
 
 def test_audio_attack_saves_float_wav(capsys, tmp_path):
-    from smoothguard.testing import save_tiny_qwen2_audio
+    from smoothguard.models.tiny import save_tiny_qwen2_audio
 
     model = save_tiny_qwen2_audio(tmp_path / "qwen-audio")
     clip = tmp_path / "tone.wav"

@@ -24,8 +24,8 @@ from smoothguard.attacks.eot import step_seed
 from smoothguard.attacks.loss import target_losses
 from smoothguard.errors import UnsupportedError
 from smoothguard.inputs import load_image
-from smoothguard.noise import GaussianNoise
-from smoothguard.testing import BUILDERS
+from smoothguard.models.tiny import BUILDERS
+from smoothguard.noise import GaussianNoise, copy_seeds
 
 IMAGE_FAMILIES = ["llava", "qwen2-vl", "qwen2.5-vl"]
 ALL_FAMILIES = [*IMAGE_FAMILIES, "qwen2-audio"]
@@ -477,7 +477,7 @@ def test_eot_draws_fresh_noise_per_sample_and_step(zoo, minilm, family, space):
     if space == "normalized":
         assert (step0[0][key] - clean[key]).std().item() == pytest.approx(sigma, rel=0.15)
     # The noise is the guard's own draw for this step's seed.
-    expected = guard.noise.copies(model, x, 2, step_seed(0, 1, stream=1))
+    expected = guard.noise.copies(model, x, copy_seeds(step_seed(0, 1, stream=1), range(2)))
     assert torch.equal(step1[1][key], expected[1][key])
 
     # Differentiable w.r.t. the medium.

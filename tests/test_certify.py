@@ -10,18 +10,20 @@ import torch
 
 from eval_support import make_pope_folder
 from smoothguard import ConfigError, SmoothGuard
-from smoothguard.answers import ChoiceParser, RefusalParser, YesNoParser
 from smoothguard.certify import (
-    AdaptiveSampling,
+    ChoiceParser,
+    RefusalParser,
+    YesNoParser,
     certified_radius,
     certify,
     certify_from_counts,
-    clopper_pearson_lower,
+    noisy_answers,
     predict,
     predict_from_counts,
-    sample_answers,
 )
 from smoothguard.cli import EXIT_USER_ERROR, main
+from smoothguard.sampling import AdaptiveSampling
+from smoothguard.stats import clopper_pearson_lower
 
 PROMPT = "What is in the image?"
 
@@ -147,7 +149,7 @@ def test_certify_abstains_when_the_answers_split_evenly_and_is_reproducible(tiny
 def test_samples_depend_on_the_seed_not_on_the_batch_size(tiny_llava, image_file):
     def answers(seed, batch_size=None):
         guard = SmoothGuard(tiny_llava, sigma=1.0, noise_space="pixel", seed=seed, batch_size=batch_size)
-        return sample_answers(guard, PROMPT, image_file, 40, max_new_tokens=4)
+        return noisy_answers(guard, PROMPT, image_file, range(40), max_new_tokens=4)
 
     reference = answers(0)
     assert answers(0, batch_size=7) == reference
@@ -211,12 +213,12 @@ def test_adaptive_uses_every_copy_when_the_answers_split(tiny_llava, minilm, ima
 
 
 def test_adaptive_batch_equals_one_by_one(tiny_llava, minilm, image_file):
-    # At normalized sigma 0.3 this tiny model's vote is decided early for the second prompt, not the first.
+    # At normalized sigma 0.3 this tiny model's vote is decided early for the first prompt, not the second.
     guard = SmoothGuard(tiny_llava, sigma=0.3, num_copies=10, embedder=minilm, adaptive=True, batch_size=4)
     prompts = ["Hi?", "Is there a dog?"]
     together = guard.generate_batch(prompts, [image_file] * 2, max_new_tokens=4)
     alone = [guard.generate(p, image=image_file, max_new_tokens=4) for p in prompts]
-    assert [r.copies_used for r in together] == [r.copies_used for r in alone] == [10, 6]
+    assert [r.copies_used for r in together] == [r.copies_used for r in alone] == [6, 10]
     assert [r.candidates for r in together] == [r.candidates for r in alone]
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from eval_support import make_mm_safety_folder, openai_endpoint, save_tiny_guard
+from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
 from smoothguard.eval import (
     REFUSAL_PHRASES,
@@ -79,7 +80,7 @@ def test_guard_model_folder(tmp_path, verdict, label):
 def test_guard_model_unparsed_verdicts_are_counted_apart_in_a_run(tmp_path, tiny_llava, tiny_llava_dir):
     data = make_mm_safety_folder(tmp_path / "mm", per_scenario=2)
     judge = make_judge("guard-model", JudgeOptions(model=str(save_tiny_guard(tmp_path / "guard", None)), device="cpu"))
-    spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
     summary = evaluate("mm-safety", spec, tmp_path / "run", data=data, judge=judge, model=tiny_llava, max_new_tokens=2)
     overall = summary["scores"]["all"]
     assert (overall["n"], overall["unparsed"], overall["unsafe"], overall["asr"]) == (4, 4, 0, 0.0)

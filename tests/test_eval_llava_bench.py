@@ -8,6 +8,7 @@ import pytest
 from conftest import SHARED
 from eval_support import make_llava_bench_folder, openai_endpoint
 from smoothguard.cli import main
+from smoothguard.config import GuardConfig
 from smoothguard.eval import (
     DataError,
     GuardSpec,
@@ -148,7 +149,7 @@ def test_run_reviewed_by_a_local_openai_endpoint(tmp_path, tiny_llava, tiny_llav
 
     with openai_endpoint(reply) as endpoint:
         judge = OpenAIJudge(endpoint.url, "judge-model", key_env="JUDGE_KEY")
-        spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+        spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
         summary = evaluate(
             "llava-bench", spec, tmp_path / "run", data=folder, judge=judge, model=tiny_llava, max_new_tokens=3
         )
@@ -174,7 +175,7 @@ def test_run_reviewed_by_a_local_openai_endpoint(tmp_path, tiny_llava, tiny_llav
 
 def test_run_without_judge_only_answers(tmp_path, tiny_llava, tiny_llava_dir):
     folder = make_llava_bench_folder(tmp_path / "bench", RULE)
-    spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
     summary = evaluate("llava-bench", spec, tmp_path / "run", data=folder, model=tiny_llava, max_new_tokens=2)
     assert summary["complete"] and summary["scores"] == {} and summary["judge"] is None
     (folder / "rule.json").unlink()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from eval_support import make_mm_safety_folder, make_pope_folder, save_image
 from smoothguard.cli import EXIT_USER_ERROR, main
+from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
 from smoothguard.eval import (
     Benchmark,
@@ -51,7 +52,7 @@ def pope(tmp_path):
 
 
 def test_defended_run_writes_records_summary_and_report(tmp_path, pope, tiny_llava, tiny_llava_dir):
-    spec = GuardSpec(model=str(tiny_llava_dir), sigma=0.2, num_copies=2, seed=3)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(sigma=0.2, num_copies=2, seed=3))
     run = tmp_path / "run"
     summary = evaluate("pope", spec, run, data=pope, model=tiny_llava, questions_per_batch=4, max_new_tokens=3)
     records = records_of(run)
@@ -79,7 +80,7 @@ def test_defended_run_writes_records_summary_and_report(tmp_path, pope, tiny_lla
 
 
 def test_rerun_resumes_and_refuses_other_settings(tmp_path, pope, tiny_llava, tiny_llava_dir):
-    spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
     run = tmp_path / "run"
     partial = evaluate("pope", spec, run, data=pope, model=tiny_llava, limit=4, max_new_tokens=2)
     assert partial["complete"] and partial["items"] == {"done": 4, "selected": 4, "total": 9}
@@ -87,7 +88,7 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path, pope, tiny_llava, ti
     # undefended: the noise settings do not shape the answers, so a changed sigma still resumes
     summary = evaluate(
         "pope",
-        GuardSpec(model=str(tiny_llava_dir), defense=False, sigma=0.3),
+        GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0, sigma=0.3)),
         run,
         data=pope,
         model=tiny_llava,
@@ -106,7 +107,7 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path, pope, tiny_llava, ti
 
 
 def test_torn_last_line_is_redone(tmp_path, pope, tiny_llava, tiny_llava_dir):
-    spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
     run = tmp_path / "run"
     evaluate("pope", spec, run, data=pope, model=tiny_llava, limit=3, max_new_tokens=2)
     with (run / "records.jsonl").open("a") as handle:
@@ -117,7 +118,7 @@ def test_torn_last_line_is_redone(tmp_path, pope, tiny_llava, tiny_llava_dir):
 
 
 def test_shards_share_a_run_folder(tmp_path, pope, tiny_llava, tiny_llava_dir):
-    spec = GuardSpec(model=str(tiny_llava_dir), defense=False)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
     run = tmp_path / "run"
     first = evaluate("pope", spec, run, data=pope, model=tiny_llava, shard=(0, 2), max_new_tokens=2)
     assert not first["complete"] and first["items"]["done"] == 5
@@ -186,7 +187,8 @@ def test_entry_point_and_lazy_registrations(monkeypatch):
         def load(self):
             return Shapes
 
-    monkeypatch.setattr(eval_base, "entry_points", lambda group: [EntryPoint()])
+    installed = eval_base.entry_points  # the real ones register the testbed's benchmarks
+    monkeypatch.setattr(eval_base, "entry_points", lambda group: [*installed(group=group), EntryPoint()])
     assert {"from-a-package", "pope", "mm-safety", "llava-bench", "testbed-pope", "testbed-safety"} <= set(
         benchmark_names()
     )
@@ -208,7 +210,7 @@ def test_entry_point_and_lazy_registrations(monkeypatch):
 def test_mm_safety_run_with_default_judge_and_universal_image(tmp_path, tiny_llava, tiny_llava_dir):
     data = make_mm_safety_folder(tmp_path / "mm", per_scenario=2)
     universal = save_image(tmp_path / "universal.png", 5)
-    spec = GuardSpec(model=str(tiny_llava_dir), num_copies=1)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=1))
     options = {"universal_image": universal, "scenarios": "01"}
     summary = evaluate(
         "mm-safety", spec, tmp_path / "run", data=data, options=options, model=tiny_llava, max_new_tokens=3

@@ -9,6 +9,7 @@ from PIL import Image
 
 from eval_support import make_mm_safety_folder, make_pope_folder
 from smoothguard.cli import EXIT_USER_ERROR, main
+from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
 from smoothguard.eval import GuardSpec, run_sweep
 from smoothguard.eval.sweep import parse_sigmas
@@ -25,7 +26,7 @@ def is_png(path):
 
 
 def test_sweep_writes_utility_and_asr_figures_and_reuses_runs(tmp_path, tiny_llava, tiny_llava_dir):
-    spec = GuardSpec(model=str(tiny_llava_dir), num_copies=1)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=1))
     pope = make_pope_folder(tmp_path / "pope", per_split=2)
     result = run_sweep("pope", spec, [0.0, 0.3], tmp_path / "pope-sweep", data=pope, model=tiny_llava, max_new_tokens=2)
     rows = read_csv(tmp_path / "pope-sweep" / "utility-vs-sigma.csv")

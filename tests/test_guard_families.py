@@ -10,7 +10,7 @@ import torch
 
 from smoothguard import ConfigError, InputError, SmoothGuard, load_model
 from smoothguard.cli import main
-from smoothguard.testing import save_tiny_qwen2_audio, save_tiny_qwen_vl
+from smoothguard.models.tiny import save_tiny_qwen2_audio, save_tiny_qwen_vl
 
 
 @pytest.fixture(scope="module", params=["2", "2.5"])
@@ -52,7 +52,7 @@ def test_qwen_vl_guard(qwen_vl, minilm, image_file, space):
 
 def test_qwen_vl_normalized_noise_lands_on_pixel_values(qwen_vl, minilm, image_file):
     guard = SmoothGuard(qwen_vl, sigma=0.3, num_copies=3, embedder=minilm)
-    queries = guard.candidates("Hi", torch.rand(3, 56, 84))
+    queries = guard.candidates(guard.prepare(["Hi"], [torch.rand(3, 56, 84)])[0], range(3))
     clean = queries[0].media["pixel_values"]
     for query in queries[1:]:
         assert torch.equal(query.media["image_grid_thw"], queries[0].media["image_grid_thw"])
@@ -64,7 +64,7 @@ def test_audio_guard_with_waveform_noise(qwen_audio, minilm, audio_file):
     assert guard.noise.space == "waveform"
     result = guard.generate("What do you hear?", audio=audio_file, max_new_tokens=5)
     assert_well_formed(result, 4)
-    waves = guard.candidates("Hi", torch.zeros(16000) + 0.99)
+    waves = guard.candidates(guard.prepare(["Hi"], [torch.zeros(16000) + 0.99])[0], range(4))
     assert len(waves) == 5
 
 

@@ -79,7 +79,7 @@ def test_unknown_hub_id_fails_fast_offline():
 def test_text_only_model_is_refused(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from smoothguard.testing import build_tokenizer
+    from smoothguard.models.build import build_tokenizer
 
     config = LlamaConfig(
         vocab_size=300,

@@ -4,19 +4,19 @@ import pytest
 import torch
 
 from smoothguard import ConfigError
-from smoothguard.noise import GaussianNoise, pixel_sigma
+from smoothguard.noise import GaussianNoise, copy_seeds, pixel_sigma
 
 
 def test_same_seed_same_noise_other_seed_other_noise():
     x = torch.rand(3, 8, 8)
     noise = GaussianNoise(0.1, "pixel")
-    assert torch.equal(noise.perturb(x, 4, seed=1), noise.perturb(x, 4, seed=1))
-    assert not torch.equal(noise.perturb(x, 4, seed=1), noise.perturb(x, 4, seed=2))
+    assert torch.equal(noise.perturb(x, copy_seeds(1, range(4))), noise.perturb(x, copy_seeds(1, range(4))))
+    assert not torch.equal(noise.perturb(x, copy_seeds(1, range(4))), noise.perturb(x, copy_seeds(2, range(4))))
 
 
 def test_copies_are_independent_and_scaled():
     noise = GaussianNoise(0.3, "normalized")
-    copies = noise.perturb(torch.zeros(3, 64, 64), 8, seed=0)
+    copies = noise.perturb(torch.zeros(3, 64, 64), copy_seeds(0, range(8)))
     assert copies.shape == (8, 3, 64, 64)
     assert copies.std().item() == pytest.approx(0.3, rel=0.02)
     assert not torch.equal(copies[0], copies[1])
@@ -25,14 +25,14 @@ def test_copies_are_independent_and_scaled():
 @pytest.mark.parametrize(("space", "low", "high"), [("pixel", 0.0, 1.0), ("waveform", -1.0, 1.0)])
 def test_clamping(space, low, high):
     x = torch.full((1000,), high)
-    clamped = GaussianNoise(0.5, space).perturb(x, 2, seed=0)
+    clamped = GaussianNoise(0.5, space).perturb(x, copy_seeds(0, range(2)))
     assert clamped.min() >= low and clamped.max() <= high
-    free = GaussianNoise(0.5, space, clamp=False).perturb(x, 2, seed=0)
+    free = GaussianNoise(0.5, space, clamp=False).perturb(x, copy_seeds(0, range(2)))
     assert free.max() > high
 
 
 def test_normalized_space_is_never_clamped():
-    assert GaussianNoise(1.0, "normalized").perturb(torch.zeros(1000), 1, seed=0).abs().max() > 1
+    assert GaussianNoise(1.0, "normalized").perturb(torch.zeros(1000), copy_seeds(0, range(1))).abs().max() > 1
 
 
 def test_conversion_between_spaces():

@@ -13,7 +13,7 @@ import torch
 from smoothguard.errors import ConfigError, InputError
 from smoothguard.models.auto import load_model
 from smoothguard.models.qwen_audio import QwenAudioAdapter
-from smoothguard.testing import save_tiny_qwen2_audio
+from smoothguard.models.tiny import save_tiny_qwen2_audio
 
 SAMPLING_RATE = 16000
 

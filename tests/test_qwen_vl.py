@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from smoothguard.models.auto import load_model
 from smoothguard.models.image import to_uint8_image
 from smoothguard.models.qwen_vl import QwenVLAdapter
-from smoothguard.testing import save_tiny_qwen_vl
+from smoothguard.models.tiny import save_tiny_qwen_vl
 
 MODEL_CLASSES = {"2": "Qwen2VLForConditionalGeneration", "2.5": "Qwen2_5_VLForConditionalGeneration"}
 PROCESSOR_CLASSES = {"2": "Qwen2VLProcessor", "2.5": "Qwen2_5_VLProcessor"}

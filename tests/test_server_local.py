@@ -18,8 +18,8 @@ from PIL import Image
 
 from server_support import data_uri, error_of, fingerprint, image_part, png_bytes, post, question, user
 from smoothguard import SmoothGuard, load_model
+from smoothguard.models.tiny import save_tiny_qwen2_audio
 from smoothguard.server import BackgroundServer, ServerSettings, create_app
-from smoothguard.testing import save_tiny_qwen2_audio
 
 KEY = "sk-test-0123456789"
 LIMITS = {

@@ -12,7 +12,8 @@ from PIL import Image
 from server_support import ScriptedUpstream, png_bytes
 from smoothguard import ConfigError, SmoothGuard, UnsupportedError, load_model
 from smoothguard.inputs import load_image
-from smoothguard.models.remote import RemoteAdapter, UpstreamError, parse_remote, png_data_uri
+from smoothguard.models.remote import RemoteAdapter, parse_remote, png_data_uri
+from smoothguard.openai_client import UpstreamError
 from smoothguard.server import BackgroundServer
 
 

@@ -1,26 +1,24 @@
-"""SmoothGuard: defend multimodal LLMs with noise perturbation and clustering aggregation."""
+"""SmoothGuard: defend multimodal LLMs with noise perturbation and clustering aggregation.
 
-from smoothguard.errors import (
-    ConfigError,
-    InputError,
-    ModelLoadError,
-    SmoothGuardError,
-    UnsupportedError,
-)
-from smoothguard.guard import GuardResult, SmoothGuard
-from smoothguard.models import MLLMAdapter, load_model
+Public names are imported on first use: ``import smoothguard`` costs nothing heavy.
+"""
+
+from smoothguard.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConfigError",
-    "GuardResult",
-    "InputError",
-    "MLLMAdapter",
-    "ModelLoadError",
-    "SmoothGuard",
-    "SmoothGuardError",
-    "UnsupportedError",
-    "__version__",
-    "load_model",
-]
+_EXPORTS = {
+    "AdaptiveSampling": "smoothguard.sampling",
+    "ConfigError": "smoothguard.errors",
+    "GuardConfig": "smoothguard.config",
+    "GuardResult": "smoothguard.guard",
+    "InputError": "smoothguard.errors",
+    "MLLMAdapter": "smoothguard.models.base",
+    "ModelLoadError": "smoothguard.errors",
+    "SmoothGuard": "smoothguard.guard",
+    "SmoothGuardError": "smoothguard.errors",
+    "UnsupportedError": "smoothguard.errors",
+    "load_model": "smoothguard.models.auto",
+}
+__all__ = [*_EXPORTS, "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,16 @@
 """Error hierarchy: every user-facing failure is a ``SmoothGuardError`` with a message that says
-what was wrong and what to do about it. The CLI prints the message on one line and exits non-zero."""
+what was wrong and what to do about it (the CLI prints it on one line and exits non-zero); and the
+argument checks every layer shares."""
 
 from __future__ import annotations
+
+import os
+import stat
+from numbers import Integral
+from pathlib import Path
+
+#: Refuse files larger than this before reading them.
+DEFAULT_MAX_FILE_BYTES: int = 256 * 2**20
 
 
 class SmoothGuardError(Exception):
@@ -22,3 +31,37 @@ class ModelLoadError(SmoothGuardError):
 
 class UnsupportedError(SmoothGuardError):
     """A valid request that the chosen model or adapter cannot serve (e.g. audio on an image model)."""
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``; ConfigError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_file(
+    source: str | os.PathLike[str], label: str, *, kind: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> Path:
+    """``source`` as a ``Path``; InputError unless it is a regular, non-empty file of at most ``max_file_bytes``.
+    Costs one ``stat``, so the command line checks a file before anything heavy loads."""
+    path = Path(source)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        hint = "URLs are not fetched: download the file first" if "://" in os.fspath(source) else "check the path"
+        raise InputError(f"{label}: no such file; {hint}") from None
+    except OSError as exc:
+        raise InputError(f"{label}: cannot be accessed ({exc.strerror}); check the path and permissions") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{label}: is a directory; pass the path of one {kind} file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{label}: is not a regular file; pass the path of an {kind} file")
+    if info.st_size == 0:
+        raise InputError(f"{label}: file is empty (0 bytes); pass a complete {kind} file")
+    if info.st_size > max_file_bytes:
+        raise InputError(
+            f"{label}: file is {info.st_size:,} bytes, over the limit of {max_file_bytes:,} "
+            "(max_file_bytes); shrink it, or raise max_file_bytes if you trust the file"
+        )
+    return path

@@ -1,4 +1,9 @@
-"""SmoothGuard: noise -> one batched generate -> embed -> k-means -> the majority's central answer."""
+"""SmoothGuard: noise -> one batched generate -> embed -> k-means -> the majority's central answer.
+
+``SmoothGuard.sample`` is the one sampler of noisy candidates: ``generate_batch`` (all copies, or adaptive
+rounds), and ``smoothguard.certify``'s ``predict``/``certify`` answer their copies through it, so copy ``i``
+of a query is the same noise everywhere (the per-copy seed rule of ``smoothguard.noise``).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothguard.certify import AdaptiveSampling
 from smoothguard.cluster import ClusterOutcome, aggregate
+from smoothguard.config import GuardConfig
 from smoothguard.embed import Embedder, load_embedder
-from smoothguard.errors import ConfigError, InputError, UnsupportedError
+from smoothguard.errors import InputError, UnsupportedError, check_int
 from smoothguard.inputs import load_audio, load_image, validate_prompt
 from smoothguard.models.base import MLLMAdapter, Query
-from smoothguard.noise import GaussianNoise, pixel_sigma, validate_sigma
+from smoothguard.noise import GaussianNoise, copy_seeds, pixel_sigma
 from smoothguard.provenance import versions
 
 #: Position of the clean (noise-free) candidate among a query's candidates.
@@ -61,90 +66,86 @@ class GuardResult:
         return {**asdict(self), "clean_text": self.clean_text, "copies_used": self.copies_used}
 
 
+@dataclass(frozen=True)
+class PreparedQuery:
+    """One query ready to sample: ``medium`` (pixels [3, H, W] in [0, 1] or a waveform [T]), its prompt's
+    token ids ``text`` (each [1, L]) and ``clean``, the medium's model inputs (``adapter.preprocess``)."""
+
+    prompt: str
+    medium: torch.Tensor
+    text: dict[str, torch.Tensor]
+    clean: dict[str, torch.Tensor]
+
+
 class SmoothGuard:
     """Randomised-smoothing defense for a multimodal LLM (Su et al. 2025, arXiv 2510.26830).
 
-    Parameters
-    ----------
-    model: an adapter from ``load_model``.
-    sigma: noise standard deviation in ``noise_space`` units (see ``smoothguard.noise``); paper: 0.1
-        in normalised space, recommended 0.1-0.2.
-    num_copies: noisy copies per query; the clean input is one more candidate. 0 = undefended
-        baseline through the same path.
-    noise_space: ``normalized`` | ``pixel`` | ``waveform``; default: the model's first (normalized for
-        local image models, waveform for audio models).
-    seed: seeds the noise of every query (same inputs + seed = same answer).
-    clamp: clamp noisy pixels to [0, 1] / waveforms to [-1, 1] (not used in normalized space).
-    num_clusters: k of k-means (paper: 2).
-    embedder: ``None`` (packaged all-MiniLM-L6-v2), ``"roberta-mean:PATH"`` or an ``Embedder``.
-    batch_size: most candidates per ``generate`` call; ``None`` = all candidates of all queries in one.
-    adaptive: off (``False``, the paper: answer all copies at once), or an ``AdaptiveSampling`` (``True``:
-        its defaults): answer the copies in rounds and stop once the majority's share is decided. The
-        copies answered are always the first ones of the full draw (same noise), and the result's
-        ``copies_used`` says how many.
+    ``SmoothGuard(model, config)`` or ``SmoothGuard(model, sigma=0.1, num_copies=10, ...)`` with the fields
+    of :class:`~smoothguard.config.GuardConfig` (both: the keywords change the config). ``embedder`` may
+    also be an already loaded embedder (an object with ``name`` and ``embed``). ``model``: an adapter from
+    ``load_model``. ``guard.config`` is the resolved config (concrete noise space);
+    ``guard.replace(**changes)`` is the same guard with other settings (model and embedder shared).
     """
 
     def __init__(
         self,
         model: MLLMAdapter,
+        config: GuardConfig | None = None,
         *,
-        sigma: float = 0.1,
-        num_copies: int = 10,
-        noise_space: str | None = None,
-        seed: int = 0,
-        clamp: bool = True,
-        num_clusters: int = 2,
         embedder: str | Embedder | None = None,
-        batch_size: int | None = None,
-        adaptive: bool | AdaptiveSampling = False,
+        **settings: Any,
     ) -> None:
-        noise_space = noise_space or model.default_noise_space
-        model.check_noise_space(noise_space)
-        _check_int("num_copies", num_copies, minimum=0)
-        _check_int("seed", seed, minimum=0)
-        _check_int("num_clusters", num_clusters, minimum=1)
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, minimum=1)
-        if not isinstance(adaptive, (bool, AdaptiveSampling)):
-            raise ConfigError(f"adaptive must be True, False or an AdaptiveSampling, got {adaptive!r}")
+        instance = None
+        if embedder is not None and not isinstance(embedder, str):
+            instance = load_embedder(embedder)
+            settings["embedder"] = instance.name
+        elif embedder is not None:
+            settings["embedder"] = embedder
+        config = (config or GuardConfig()).replace(**settings) if settings else config or GuardConfig()
+        space = config.noise_space or model.default_noise_space
+        model.check_noise_space(space)
         self.model = model
-        self.noise = GaussianNoise(validate_sigma(sigma), noise_space, clamp)
-        self.num_copies = num_copies
-        self.seed = seed
-        self.num_clusters = num_clusters
-        self.batch_size = batch_size
-        self.adaptive = AdaptiveSampling() if adaptive is True else adaptive or None
-        self._embedder_spec = embedder
-        self._embedder: Embedder | None = None
+        self._config = config.replace(noise_space=space) if config.noise_space is None else config
+        self.noise = GaussianNoise(config.sigma, space, config.clamp)
+        self._embedder: Embedder | None = instance
+
+    @classmethod
+    def from_config(cls, model: MLLMAdapter, config: GuardConfig, *, embedder: Embedder | None = None) -> SmoothGuard:
+        """The guard of ``config`` for ``model``; ``embedder``: an already loaded one to use."""
+        return cls(model, config, embedder=embedder)
+
+    @property
+    def config(self) -> GuardConfig:
+        """The resolved settings (``noise_space`` concrete)."""
+        return self._config
+
+    def replace(self, **changes: Any) -> SmoothGuard:
+        """This guard with ``changes`` to its config; the model, and the embedder unless it changes, are shared."""
+        keep = None if "embedder" in changes else self._embedder
+        return SmoothGuard(self.model, self._config.replace(**changes), embedder=keep)
 
     @property
     def embedder(self) -> Embedder:
         """The answer embedder, loaded on first use (the undefended path never needs it)."""
         if self._embedder is None:
-            self._embedder = load_embedder(self._embedder_spec)
+            self._embedder = load_embedder(self._config.embedder)
         return self._embedder
 
-    def config(self) -> dict[str, Any]:
-        """The full configuration, as written into every result."""
-        config: dict[str, Any] = {
-            "sigma": self.noise.sigma,
-            "noise_space": self.noise.space,
-            "clamp": self.noise.clamp,
-            "num_copies": self.num_copies,
-            "seed": self.seed,
-            "num_clusters": self.num_clusters,
-            "batch_size": self.batch_size,
+    def describe(self) -> dict[str, Any]:
+        """The full configuration, as written into every result: the settings, the embedder's name
+        (``None`` undefended), the clean candidate's index, the model's identity and package versions."""
+        config = self._config
+        described: dict[str, Any] = {
+            **config.to_dict(),
             "clean_index": CLEAN_INDEX,
-            "embedder": self.embedder.name if self.num_copies else None,
+            "embedder": self.embedder.name if config.defended else None,
             "model": self.model.describe(),
             "versions": versions(),
         }
         mean_std = getattr(self.model, "mean_std", None)
         if self.noise.space == "normalized" and mean_std is not None:
-            config["sigma_pixel_equivalent"] = pixel_sigma(self.noise.sigma, mean_std[1])
-        if self.adaptive is not None:
-            config["adaptive"] = self.adaptive.to_dict()
-        return config
+            described["sigma_pixel_equivalent"] = pixel_sigma(self.noise.sigma, mean_std[1])
+        return described
 
     # -------------------------------------------------------------------- public
     def generate(
@@ -184,34 +185,52 @@ class SmoothGuard:
         ``media``: one image or audio input per prompt, of the model's modality.
         """
         started = time.perf_counter()
-        if isinstance(prompts, str):
-            raise InputError("generate_batch takes a list of prompts; use generate() for one")
-        if media is None or len(media) != len(prompts):
-            raise InputError(f"{self.model.name} needs one {self.model.modality} per prompt")
-        _check_int("max_new_tokens", max_new_tokens, minimum=1)
-        queries = [
-            self.candidates(validate_prompt(p), self._load_media(m, i))
-            for i, (p, m) in enumerate(zip(prompts, media, strict=True))
-        ]
-        prepared = time.perf_counter()
-        answer = self._answer_adaptive if self.adaptive is not None and self.num_copies else self._answer_all
-        groups, embeddings, spent = answer(queries, max_new_tokens, generate_kwargs)
-        answered = time.perf_counter()
-        outcomes = [self._aggregate(group, vectors) for group, vectors in zip(groups, embeddings, strict=True)]
-        clustered = time.perf_counter()
-        timings = {
-            "preprocess": prepared - started,
-            "generate": spent["generate"],
-            "embed": spent["embed"],
-            "cluster": spent.get("cluster", 0.0) + clustered - answered,
-            "total": clustered - started,
-            "batch_queries": len(prompts),
-        }
-        config = {**self.config(), "generation": {"max_new_tokens": max_new_tokens, **generate_kwargs}}
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
+        queries = self.prepare(prompts, media)
+        spent = {"preprocess": time.perf_counter() - started, "generate": 0.0, "embed": 0.0, "cluster": 0.0}
+        num_copies = self._config.num_copies
+        plan = self._config.adaptive
+        schedule = plan.schedule(num_copies) if plan is not None and num_copies else [num_copies]
+        groups: list[list[str]] = [[] for _ in queries]
+        vectors: list[np.ndarray] = [np.zeros((0, 1), np.float32) for _ in queries]
+        active = list(range(len(queries)))
+        answered = 0
+        for upto in schedule:
+            parts = self._sample(
+                [queries[i] for i in active],
+                range(answered, upto),
+                answered == 0,
+                spent,
+                max_new_tokens,
+                generate_kwargs,
+            )
+            embedded = time.perf_counter()
+            flat = [answer for part in parts for answer in part]
+            # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
+            embeddings = self.embedder.embed(flat) if num_copies else np.zeros((len(flat), 1), np.float32)
+            spent["embed"] += time.perf_counter() - embedded
+            offset = 0
+            for i, part in zip(active, parts, strict=True):
+                groups[i] += part
+                new = embeddings[offset : offset + len(part)]
+                vectors[i] = np.concatenate([vectors[i], new]) if len(vectors[i]) else new
+                offset += len(part)
+            answered = upto
+            if upto < num_copies:
+                deciding = time.perf_counter()
+                active = [i for i in active if not self._decided(groups[i], vectors[i])]
+                spent["cluster"] += time.perf_counter() - deciding
+            if not active:
+                break
+        clustering = time.perf_counter()
+        outcomes = [self._aggregate(group, vecs) for group, vecs in zip(groups, vectors, strict=True)]
+        spent["cluster"] += time.perf_counter() - clustering
+        timings = {**spent, "total": time.perf_counter() - started, "batch_queries": len(queries)}
+        config = {**self.describe(), "generation": {"max_new_tokens": max_new_tokens, **generate_kwargs}}
         return [
             GuardResult(
                 text=group[outcome.chosen_index],
-                prompt=prompt,
+                prompt=query.prompt,
                 candidates=group,
                 cluster_labels=outcome.labels,
                 majority_fraction=outcome.majority_fraction,
@@ -222,85 +241,94 @@ class SmoothGuard:
                 timings=dict(timings),
                 config=config,
             )
-            for prompt, group, outcome in zip(prompts, groups, outcomes, strict=True)
+            for query, group, outcome in zip(queries, groups, outcomes, strict=True)
         ]
 
-    def candidates(self, prompt: str, media: torch.Tensor) -> list[Query]:
-        """Model inputs of one query's candidates: the clean one (at ``CLEAN_INDEX``), then
-        ``num_copies`` noisy ones. ``media``: pixels [3, H, W] in [0, 1] or a waveform [T]."""
-        text = self.model.prompt_text(prompt, media)
-        with torch.no_grad():
-            clean = self.model.preprocess(media.unsqueeze(0))
-            copies = self.noise.copies(self.model, media, self.num_copies, self.seed, clean) if self.num_copies else []
-        return [Query(text, clean), *(Query(text, m) for m in copies)]
+    def prepare(self, prompts: Sequence[str], media: Sequence[Any] | None) -> list[PreparedQuery]:
+        """Load and encode each prompt with its medium (one image or audio input per prompt, of the model's
+        modality: a path, PIL image, array or tensor)."""
+        if isinstance(prompts, str):
+            raise InputError("generate_batch and prepare take a list of prompts; use generate() for one")
+        if media is None or len(media) != len(prompts):
+            raise InputError(f"{self.model.name} needs one {self.model.modality} per prompt")
+        prepared = []
+        for index, (prompt, source) in enumerate(zip(prompts, media, strict=True)):
+            medium = self._load_media(source, index)
+            text = self.model.prompt_text(validate_prompt(prompt), medium)
+            with torch.no_grad():
+                clean = self.model.preprocess(medium.unsqueeze(0))
+            prepared.append(PreparedQuery(prompt, medium, text, clean))
+        return prepared
+
+    def sample(
+        self,
+        queries: Sequence[PreparedQuery],
+        copies: range,
+        *,
+        clean: bool = False,
+        max_new_tokens: int = 128,
+        **generate_kwargs: Any,
+    ) -> list[list[str]]:
+        """The sampler: each query's answers to its clean input (first, when ``clean``) and to its noisy
+        copies ``copies`` (copy ``i`` drawn with ``copy_seed(config.seed, i)``). The candidates of all
+        queries are drawn, encoded and answered ``batch_size`` at a time (all in one ``generate`` call when
+        it is ``None``), so memory is bounded by the batch size, not by the number of copies."""
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
+        spent = {"preprocess": 0.0, "generate": 0.0}
+        return self._sample(queries, copies, clean, spent, max_new_tokens, generate_kwargs)
+
+    def candidates(self, query: PreparedQuery, copies: Sequence[int], *, clean: bool = True) -> list[Query]:
+        """Model inputs of ``query``'s clean input (first, when ``clean``) and of its noisy copies ``copies``."""
+        text = query.text
+        noisy = []
+        if copies:
+            with torch.no_grad():
+                seeds = copy_seeds(self._config.seed, copies)
+                noisy = self.noise.copies(self.model, query.medium, seeds, query.clean)
+        return [*([Query(text, query.clean)] if clean else []), *(Query(text, m) for m in noisy)]
 
     # ------------------------------------------------------------------ internal
-    def _answer_all(
-        self, queries: list[list[Query]], max_new_tokens: int, generate_kwargs: dict[str, Any]
-    ) -> tuple[list[list[str]], list[np.ndarray], dict[str, float]]:
-        """Every candidate of every query at once: answers and embeddings per query, seconds per stage."""
-        started = time.perf_counter()
-        answers = self._generate([c for group in queries for c in group], max_new_tokens, generate_kwargs)
-        generated = time.perf_counter()
-        # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
-        embeddings = self.embedder.embed(answers) if self.num_copies else np.zeros((len(answers), 1), np.float32)
-        per_query = self.num_copies + 1
-        spans = range(0, len(answers), per_query)
-        groups = [answers[i : i + per_query] for i in spans]
-        vectors = [embeddings[i : i + per_query] for i in spans]
-        return groups, vectors, {"generate": generated - started, "embed": time.perf_counter() - generated}
+    def _sample(
+        self,
+        queries: Sequence[PreparedQuery],
+        copies: range,
+        clean: bool,
+        spent: dict[str, float],
+        max_new_tokens: int,
+        generate_kwargs: dict[str, Any],
+    ) -> list[list[str]]:
+        """``sample``, adding seconds to ``spent["preprocess"]`` (noise and encoding) and ``spent["generate"]``."""
+        wanted = [*([None] if clean else []), *copies]
+        tasks = [(q, c) for q in range(len(queries)) for c in wanted]
+        step = self._config.batch_size or max(len(tasks), 1)
+        answers: list[str] = []
+        for start in range(0, len(tasks), step):
+            began = time.perf_counter()
+            chunk = tasks[start : start + step]
+            inputs: list[Query] = []
+            for index in dict.fromkeys(q for q, _ in chunk):
+                mine = [c for q, c in chunk if q == index]
+                noisy = [c for c in mine if c is not None]
+                inputs += self.candidates(queries[index], noisy, clean=None in mine)
+            encoded = time.perf_counter()
+            answers += self.model.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+            spent["preprocess"] += encoded - began
+            spent["generate"] += time.perf_counter() - encoded
+        return [answers[i * len(wanted) : (i + 1) * len(wanted)] for i in range(len(queries))]
 
-    def _answer_adaptive(
-        self, queries: list[list[Query]], max_new_tokens: int, generate_kwargs: dict[str, Any]
-    ) -> tuple[list[list[str]], list[np.ndarray], dict[str, float]]:
-        """The clean candidate and the copies in rounds (``self.adaptive.schedule``), all undecided queries'
-        next copies in one ``generate`` per round, until each query's majority is decided."""
-        plan = self.adaptive
-        assert plan is not None  # only called with adaptive sampling on
-        groups: list[list[str]] = [[] for _ in queries]
-        vectors: list[np.ndarray] = [np.zeros((0, 0), np.float32) for _ in queries]
-        spent = {"generate": 0.0, "embed": 0.0, "cluster": 0.0}
-        active = list(range(len(queries)))
-        for copies in plan.schedule(self.num_copies):
-            started = time.perf_counter()
-            parts = [queries[i][len(groups[i]) : copies + 1] for i in active]
-            answers = self._generate([c for part in parts for c in part], max_new_tokens, generate_kwargs)
-            generated = time.perf_counter()
-            embeddings = self.embedder.embed(answers)
-            embedded = time.perf_counter()
-            offset = 0
-            for i, part in zip(active, parts, strict=True):
-                groups[i] += answers[offset : offset + len(part)]
-                new = embeddings[offset : offset + len(part)]
-                vectors[i] = np.concatenate([vectors[i], new]) if len(vectors[i]) else new
-                offset += len(part)
-            if copies < self.num_copies:
-                active = [i for i in active if not self._decided(plan, groups[i], vectors[i])]
-            spent["generate"] += generated - started
-            spent["embed"] += embedded - generated
-            spent["cluster"] += time.perf_counter() - embedded
-            if not active:
-                break
-        return groups, vectors, spent
-
-    def _decided(self, plan: AdaptiveSampling, answers: list[str], embeddings: np.ndarray) -> bool:
+    def _decided(self, answers: list[str], embeddings: np.ndarray) -> bool:
         """Whether the majority cluster's share of the noisy copies answered so far is decided."""
+        plan = self._config.adaptive
+        assert plan is not None  # only called with adaptive sampling on
         labels = self._aggregate(answers, embeddings).labels
         majority = sum(label == 0 for i, label in enumerate(labels) if i != CLEAN_INDEX)
-        return plan.decided(majority, len(answers) - 1, self.num_copies)
+        return plan.decided(majority, len(answers) - 1, self._config.num_copies)
 
     def _aggregate(self, answers: list[str], embeddings: np.ndarray) -> ClusterOutcome:
-        return aggregate(answers, embeddings, num_clusters=self.num_clusters, seed=self.seed, prefer_index=CLEAN_INDEX)
-
-    def _generate(self, queries: list[Query], max_new_tokens: int, generate_kwargs: dict[str, Any]) -> list[str]:
-        """Answers to ``queries`` in order, at most ``batch_size`` per ``generate`` call."""
-        step = self.batch_size or len(queries)
-        answers: list[str] = []
-        for start in range(0, len(queries), step):
-            answers += self.model.generate(
-                queries[start : start + step], max_new_tokens=max_new_tokens, **generate_kwargs
-            )
-        return answers
+        config = self._config
+        return aggregate(
+            answers, embeddings, num_clusters=config.num_clusters, seed=config.seed, prefer_index=CLEAN_INDEX
+        )
 
     def _load_media(self, source: Any, index: int) -> torch.Tensor:
         name = None if isinstance(source, (str, os.PathLike)) else f"{self.model.modality} {index}"
@@ -310,8 +338,3 @@ class SmoothGuard:
         if sampling_rate is None:
             raise UnsupportedError(f"{self.model.name} does not declare an audio sampling rate")
         return load_audio(source, sampling_rate=sampling_rate, name=name)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -28,12 +26,10 @@ import torch
 from PIL import Image, ImageOps
 from scipy.signal import resample_poly
 
-from smoothguard.errors import InputError
+from smoothguard.errors import DEFAULT_MAX_FILE_BYTES, InputError, check_file
 
 DEFAULT_MAX_PIXELS: int = 64_000_000
 """Refuse images with more pixels than this (decompression bombs)."""
-DEFAULT_MAX_FILE_BYTES: int = 256 * 2**20
-"""Refuse files larger than this before reading them."""
 
 PathSource = str | os.PathLike[str]
 ImageSource = PathSource | Image.Image | np.ndarray | torch.Tensor
@@ -81,7 +77,7 @@ def load_image(
     """
     if isinstance(source, (str, os.PathLike)):
         label = name or os.fspath(source)
-        path = _checked_file(source, label, max_file_bytes, kind="image")
+        path = check_file(source, label, kind="image", max_file_bytes=max_file_bytes)
         with _decoding(label), Image.open(path) as image:
             return _pil_to_tensor(image, label, max_pixels)
     if isinstance(source, Image.Image):
@@ -319,7 +315,7 @@ def _checked_rate(rate: object, what: str) -> int:
 
 def _read_audio_file(source: PathSource, label: str, max_seconds: float, max_file_bytes: int) -> tuple[np.ndarray, int]:
     """Audio file -> (float32 ``[T, C]`` samples, rate in Hz); duration is checked before decoding."""
-    path = os.fspath(_checked_file(source, label, max_file_bytes, kind="audio"))
+    path = os.fspath(check_file(source, label, kind="audio", max_file_bytes=max_file_bytes))
     try:
         info = sf.info(path)
         _check_duration(info.frames / info.samplerate, max_seconds, label)
@@ -419,27 +415,3 @@ def validate_prompt(prompt: object, *, max_chars: int = 32_000) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def _checked_file(source: PathSource, label: str, max_file_bytes: int, *, kind: str) -> Path:
-    """Refuse a path that is missing, not a regular file, empty, or over ``max_file_bytes``."""
-    path = Path(source)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        hint = "URLs are not fetched: download the file first" if "://" in os.fspath(source) else "check the path"
-        raise InputError(f"{label}: no such file; {hint}") from None
-    except OSError as exc:
-        raise InputError(f"{label}: cannot be accessed ({exc.strerror}); check the path and permissions") from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{label}: is a directory; pass the path of one {kind} file")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{label}: is not a regular file; pass the path of an {kind} file")
-    if info.st_size == 0:
-        raise InputError(f"{label}: file is empty (0 bytes); pass a complete {kind} file")
-    if info.st_size > max_file_bytes:
-        raise InputError(
-            f"{label}: file is {info.st_size:,} bytes, over the limit of {max_file_bytes:,} "
-            "(max_file_bytes); shrink it, or raise max_file_bytes if you trust the file"
-        )
-    return path

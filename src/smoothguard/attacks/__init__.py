@@ -1,31 +1,25 @@
 """Attacks on multimodal LLMs through the same adapter path the defense uses."""
 
-from smoothguard.attacks.audio import WaveformPGD
-from smoothguard.attacks.eot import EOT
-from smoothguard.attacks.objectives import AwayObjective, Objective, TargetObjective
-from smoothguard.attacks.pgd import PGD, AttackResult, target_generated
-from smoothguard.attacks.success import check_attack
-from smoothguard.attacks.universal import (
-    UniversalJailbreak,
-    check_output_path,
-    load_prompts,
-    load_targets,
-    save_adversarial,
-)
+from smoothguard.lazy import lazy_exports
 
-__all__ = [
-    "EOT",
-    "PGD",
-    "AttackResult",
-    "AwayObjective",
-    "Objective",
-    "TargetObjective",
-    "UniversalJailbreak",
-    "WaveformPGD",
-    "check_attack",
-    "check_output_path",
-    "load_prompts",
-    "load_targets",
-    "save_adversarial",
-    "target_generated",
-]
+#: Perturbation norms of ``PGD`` (here, not in ``pgd.py``, so that the command line needs no torch).
+NORMS = ("linf", "l2")
+
+_EXPORTS = {
+    "AttackResult": "smoothguard.attacks.pgd",
+    "AwayObjective": "smoothguard.attacks.objectives",
+    "EOT": "smoothguard.attacks.eot",
+    "Objective": "smoothguard.attacks.objectives",
+    "PGD": "smoothguard.attacks.pgd",
+    "TargetObjective": "smoothguard.attacks.objectives",
+    "UniversalJailbreak": "smoothguard.attacks.universal",
+    "WaveformPGD": "smoothguard.attacks.audio",
+    "check_attack": "smoothguard.attacks.success",
+    "check_output_path": "smoothguard.attacks.io",
+    "load_prompts": "smoothguard.attacks.io",
+    "load_targets": "smoothguard.attacks.io",
+    "save_adversarial": "smoothguard.attacks.io",
+    "target_generated": "smoothguard.attacks.pgd",
+}
+__all__ = ["NORMS", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,7 +2,8 @@
 
 Each attack step draws ``samples`` fresh noisy copies of the current adversarial input in the
 defense's noise space and sigma, exactly as ``SmoothGuard`` draws its copies (same
-``GaussianNoise.copies`` path), and averages the loss over them.
+``GaussianNoise.copies`` path and per-copy seed rule, under a seed of its own for each step), and
+averages the loss over them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from smoothguard.errors import ConfigError
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
-from smoothguard.noise import GaussianNoise
+from smoothguard.noise import GaussianNoise, copy_seeds
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -41,7 +42,8 @@ class EOT:
 
     def media(self, adapter: MLLMAdapter, medium: torch.Tensor, seed: int, step: int) -> list[dict[str, torch.Tensor]]:
         """Fresh noisy model inputs of ``medium`` for ``step`` (differentiable w.r.t. ``medium``)."""
-        return self.noise.copies(adapter, medium, self.samples, step_seed(seed, step, stream=1))
+        seeds = copy_seeds(step_seed(seed, step, stream=1), range(self.samples))
+        return self.noise.copies(adapter, medium, seeds)
 
     def describe(self) -> dict[str, object]:
         return {

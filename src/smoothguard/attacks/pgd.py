@@ -23,14 +23,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from smoothguard.attacks import NORMS
 from smoothguard.attacks.eot import EOT, step_seed
 from smoothguard.attacks.objectives import Objective, TargetObjective
 from smoothguard.errors import ConfigError, InputError, UnsupportedError
 from smoothguard.inputs import validate_prompt
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.provenance import versions
-
-NORMS = ("linf", "l2")
 
 
 @dataclass

@@ -40,58 +40,40 @@ Records (one JSON object per item, ``records.jsonl``): ``id``, ``question_id``, 
 benchmark's ``assess`` fields. POPE and LLaVA-Bench records are also valid LLaVA answer/review files.
 """
 
-from smoothguard.eval.base import Benchmark, EvalItem, benchmark_names, get_benchmark, register_benchmark
-from smoothguard.eval.errors import DataError, JudgeError, RunConflictError
-from smoothguard.eval.judges import (
-    REFUSAL_PHRASES,
-    GuardModelJudge,
-    Judge,
-    JudgeOptions,
-    OpenAIJudge,
-    RefusalJudge,
-    SafetyCase,
-    SafetyJudge,
-    Verdict,
-    make_judge,
-    parse_verdict,
-    register_judge,
-)
-from smoothguard.eval.llava_bench import llava_bench_scores, parse_review_scores, score_llava_bench_reviews
-from smoothguard.eval.mm_safety import asr_scores
-from smoothguard.eval.pope import parse_yes_no, pope_metrics, pope_scores, score_pope_answers
-from smoothguard.eval.runner import GuardSpec, evaluate
-from smoothguard.eval.sweep import run_sweep
+from smoothguard.lazy import lazy_exports
 
-__all__ = [
-    "REFUSAL_PHRASES",
-    "Benchmark",
-    "DataError",
-    "EvalItem",
-    "GuardModelJudge",
-    "GuardSpec",
-    "Judge",
-    "JudgeError",
-    "JudgeOptions",
-    "OpenAIJudge",
-    "RefusalJudge",
-    "RunConflictError",
-    "SafetyCase",
-    "SafetyJudge",
-    "Verdict",
-    "asr_scores",
-    "benchmark_names",
-    "evaluate",
-    "get_benchmark",
-    "llava_bench_scores",
-    "make_judge",
-    "parse_review_scores",
-    "parse_verdict",
-    "parse_yes_no",
-    "pope_metrics",
-    "pope_scores",
-    "register_benchmark",
-    "register_judge",
-    "run_sweep",
-    "score_llava_bench_reviews",
-    "score_pope_answers",
-]
+_EXPORTS = {
+    "Benchmark": "smoothguard.eval.base",
+    "DataError": "smoothguard.eval.errors",
+    "EvalItem": "smoothguard.eval.base",
+    "GuardModelJudge": "smoothguard.eval.judges",
+    "GuardSpec": "smoothguard.eval.runner",
+    "Judge": "smoothguard.eval.judges",
+    "JudgeError": "smoothguard.eval.errors",
+    "JudgeOptions": "smoothguard.eval.judges",
+    "OpenAIJudge": "smoothguard.eval.judges",
+    "REFUSAL_PHRASES": "smoothguard.eval.judges",
+    "RefusalJudge": "smoothguard.eval.judges",
+    "RunConflictError": "smoothguard.eval.errors",
+    "SafetyCase": "smoothguard.eval.judges",
+    "SafetyJudge": "smoothguard.eval.judges",
+    "Verdict": "smoothguard.eval.judges",
+    "asr_scores": "smoothguard.eval.mm_safety",
+    "benchmark_names": "smoothguard.eval.base",
+    "evaluate": "smoothguard.eval.runner",
+    "get_benchmark": "smoothguard.eval.base",
+    "llava_bench_scores": "smoothguard.eval.llava_bench",
+    "make_judge": "smoothguard.eval.judges",
+    "parse_review_scores": "smoothguard.eval.llava_bench",
+    "parse_verdict": "smoothguard.eval.judges",
+    "parse_yes_no": "smoothguard.eval.pope",
+    "pope_metrics": "smoothguard.eval.pope",
+    "pope_scores": "smoothguard.eval.pope",
+    "register_benchmark": "smoothguard.eval.base",
+    "register_judge": "smoothguard.eval.judges",
+    "run_sweep": "smoothguard.eval.sweep",
+    "score_llava_bench_reviews": "smoothguard.eval.llava_bench",
+    "score_pope_answers": "smoothguard.eval.pope",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

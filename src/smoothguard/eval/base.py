@@ -89,13 +89,12 @@ class Benchmark(ABC):
 
 BenchmarkFactory = Callable[[], Benchmark]
 
-#: name -> factory or "module:attribute" (imported when the benchmark is first asked for).
+#: name -> factory or "module:attribute" (imported when the benchmark is first asked for). Plug-ins (the
+#: testbed's benchmarks, other packages') are ``smoothguard.benchmarks`` entry points instead.
 _REGISTRY: dict[str, BenchmarkFactory | str] = {
     "pope": "smoothguard.eval.pope:PopeBenchmark",
     "mm-safety": "smoothguard.eval.mm_safety:MMSafetyBenchmark",
     "llava-bench": "smoothguard.eval.llava_bench:LlavaBenchmark",
-    "testbed-pope": "smoothguard.testbed.benchmarks:TestbedPopeBenchmark",
-    "testbed-safety": "smoothguard.testbed.benchmarks:TestbedSafetyBenchmark",
 }
 ENTRY_POINT_GROUP = "smoothguard.benchmarks"
 

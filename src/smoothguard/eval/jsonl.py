@@ -60,37 +60,3 @@ def write_text_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
-
-
-class DurableAppender:
-    """Appends one JSON object per line, flushed and fsynced per line, so a killed process loses at most
-    the line it was writing. On open, a torn last line (no trailing newline) is cut off."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        repair_torn_tail(path)
-        self._handle = path.open("a", encoding="utf-8")
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> DurableAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a file back to its last newline (what remains of a write interrupted by ``kill -9``)."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)

@@ -13,11 +13,7 @@ Judges are registered by name (:func:`register_judge`) and built from :class:`Ju
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +23,7 @@ from urllib.parse import urlparse
 
 from smoothguard.errors import ConfigError
 from smoothguard.eval.errors import JudgeError
+from smoothguard.openai_client import OpenAIClient, UpstreamError
 
 VerdictLabel = Literal["safe", "unsafe", "unparsed"]
 
@@ -219,12 +216,11 @@ class OpenAIJudge(SafetyJudge):
 
     ``url``: the API base (``https://api.openai.com/v1``) or the full ``.../chat/completions`` URL.
     ``key_env``: environment variable holding the API key (``None``/empty: send no key). Transient
-    failures (connection errors, HTTP 429/5xx) are retried ``retries`` times with exponential backoff.
-    The key is never written anywhere.
+    failures (connection errors, timeouts, HTTP 408/429/5xx) are retried ``retries`` times with
+    exponential backoff (``backoff * 2**attempt`` seconds). The key is never written anywhere.
     """
 
     name = "openai"
-    _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
     def __init__(
         self,
@@ -243,21 +239,18 @@ class OpenAIJudge(SafetyJudge):
             raise ConfigError(f"judge URL {url!r} must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if not model:
             raise ConfigError("the openai judge needs --judge-model (the endpoint's model name, e.g. gpt-4o)")
-        self.key = os.environ.get(key_env) if key_env else None
-        if key_env and not self.key:
+        key = os.environ.get(key_env) if key_env else None
+        if key_env and not key:
             raise ConfigError(
                 f"the openai judge reads its API key from ${key_env}, which is not set; "
                 "export it, or pass --judge-key-env '' for an endpoint that needs no key"
             )
-        base = url.rstrip("/")
-        self.endpoint = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        if retries < 0 or not timeout > 0 or backoff < 0:
+            raise ConfigError("the openai judge needs retries >= 0, timeout > 0 and backoff >= 0")
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        loopback = parsed.hostname in ("127.0.0.1", "localhost", "::1")
-        # A proxy cannot reach this machine's loopback; elsewhere honour the user's proxy settings.
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}) if loopback else urllib.request.ProxyHandler()
-        )
+        self._client = OpenAIClient(url, api_key=key, timeout=timeout, max_retries=retries, backoff=backoff)
+        self.endpoint = self._client.endpoint
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -279,46 +272,25 @@ class OpenAIJudge(SafetyJudge):
     def chat(
         self, messages: list[dict[str, str]], *, temperature: float | None = None, max_tokens: int | None = None
     ) -> str:
-        """The assistant message the endpoint returns for ``messages``."""
+        """The assistant message the endpoint returns for ``messages`` (``""`` for a null content).
+        Raises JudgeError when the endpoint cannot be reached, refuses the key or answers with an error."""
         body = {
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
         }
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(self.endpoint, json.dumps(body).encode(), headers, method="POST")
-        reply = self._send(request)
         try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise JudgeError(f"{self.endpoint} sent no choices[0].message.content: {str(reply)[:200]}") from exc
-        if not isinstance(content, str):
-            raise JudgeError(f"{self.endpoint} sent a non-text message content: {content!r}"[:300])
-        return content
+            return self._client.chat(body)
+        except UpstreamError as exc:
+            if exc.status is None:
+                message = f"cannot reach the judge at {self.endpoint} ({exc.detail}); is it running?"
+                raise JudgeError(message) from exc
+            raise JudgeError(str(exc)) from exc
 
-    def _send(self, request: urllib.request.Request) -> Any:
-        attempt = 0
-        while True:
-            try:
-                with self._opener.open(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                detail = exc.read().decode("utf-8", "replace")[:200]
-                if exc.code in (401, 403):
-                    raise JudgeError(f"{self.endpoint} refused the API key (HTTP {exc.code}): {detail}") from exc
-                if exc.code not in self._RETRY_STATUS or attempt == self.retries:
-                    raise JudgeError(f"{self.endpoint} answered HTTP {exc.code}: {detail}") from exc
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == self.retries:
-                    reason = getattr(exc, "reason", exc)
-                    raise JudgeError(f"cannot reach the judge at {self.endpoint} ({reason}); is it running?") from exc
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise JudgeError(f"{self.endpoint} did not answer with JSON ({exc})") from exc
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
+    def close(self) -> None:
+        """Close the judge's connections."""
+        self._client.close()
 
 
 @dataclass(frozen=True)

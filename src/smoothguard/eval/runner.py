@@ -1,4 +1,4 @@
-"""Run a benchmark into a run folder, resumably.
+"""Run a benchmark into a run folder (``eval.store``), resumably.
 
 A run folder holds ``run.json`` (the settings that shape the records), ``records.jsonl`` (one record
 per item, appended and fsynced as produced; ``records.shard-I-of-N.jsonl`` per shard), and, after
@@ -9,74 +9,60 @@ is refused (``RunConflictError``); ``--limit``, ``--shard``, batch sizes and the
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from smoothguard.errors import ConfigError
+from smoothguard.config import GuardConfig
+from smoothguard.errors import ConfigError, check_int
 from smoothguard.eval.base import Benchmark, EvalItem, Scores, get_benchmark
-from smoothguard.eval.errors import DataError, RunConflictError
-from smoothguard.eval.jsonl import DurableAppender, read_json, write_json_atomic, write_text_atomic
+from smoothguard.eval.errors import DataError
+from smoothguard.eval.jsonl import read_json, write_json_atomic, write_text_atomic
 from smoothguard.eval.judges import Judge, make_judge
 from smoothguard.eval.report import render_report
+from smoothguard.eval.store import DurableAppender, RunFolder, read_records
 from smoothguard.guard import GuardResult, SmoothGuard
 from smoothguard.models.base import MLLMAdapter
-from smoothguard.noise import validate_sigma
 from smoothguard.provenance import versions
 
-SETTINGS_FILE = "run.json"
 RECORD_KEYS = ("id", "question_id", "prompt", "text", "image", "meta", "model_id", "defense", "timings", "judge")
 ModelSource = MLLMAdapter | Callable[[], MLLMAdapter] | None
+#: Guard settings that do not shape the answers (left out of a run's settings, may change on resume).
+RUNTIME_SETTINGS = ("batch_size",)
 
 
 @dataclass(frozen=True)
 class GuardSpec:
-    """How answers are produced: the model and SmoothGuard's settings (see ``SmoothGuard``).
+    """How answers are produced: the model (``load_model`` source, dtype, device) and the guard's config.
 
-    ``defense=False`` or ``num_copies=0`` is the undefended baseline; then the noise settings do not
-    shape the answers and are left out of the run's settings. ``device`` and ``batch_size`` (most
+    ``guard.num_copies == 0`` is the undefended baseline; then the noise settings do not shape the
+    answers and are left out of the run's settings. ``device`` and ``guard.batch_size`` (most
     candidates per ``generate`` call) do not shape them either.
     """
 
     model: str
     dtype: str = "auto"
     device: str = "auto"
-    defense: bool = True
-    sigma: float = 0.1
-    num_copies: int = 10
-    noise_space: str | None = None
-    seed: int = 0
-    clamp: bool = True
-    embedder: str | None = None
-    batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        validate_sigma(self.sigma)
-        for name, minimum in (("num_copies", 0), ("seed", 0)):
-            _check_int(name, getattr(self, name), minimum)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def defended(self) -> bool:
-        return self.defense and self.num_copies > 0
+        return self.guard.defended
 
     def settings(self) -> dict[str, Any]:
-        """The part of the run settings that shapes the answers."""
+        """The part of the run settings that shapes the answers, with the noise space resolved."""
+        from smoothguard.models.auto import resolve_noise_space
+
         model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
-        guard = {"model": model, "dtype": self.dtype, "defense": None}
+        guard: dict[str, Any] = {"model": model, "dtype": self.dtype, "defense": None}
         if self.defended:
-            guard["defense"] = {
-                "sigma": self.sigma,
-                "num_copies": self.num_copies,
-                "noise_space": self.noise_space,
-                "seed": self.seed,
-                "clamp": self.clamp,
-                "embedder": self.embedder,
-            }
+            config = self.guard.replace(noise_space=resolve_noise_space(self.model, self.guard.noise_space))
+            shaping = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_SETTINGS}
+            guard["defense"] = shaping
         return guard
 
     def load_model(self) -> MLLMAdapter:
@@ -85,28 +71,7 @@ class GuardSpec:
         return load_model(self.model, dtype=self.dtype, device=self.device)
 
     def build(self, model: MLLMAdapter) -> SmoothGuard:
-        return SmoothGuard(
-            model,
-            sigma=self.sigma,
-            num_copies=self.num_copies if self.defended else 0,
-            noise_space=self.noise_space,
-            seed=self.seed,
-            clamp=self.clamp,
-            embedder=self.embedder,
-            batch_size=self.batch_size,
-        )
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0 <= i < n) -> ``(i, n)``: this process takes items i, i + n, i + 2n, ..."""
-    index, _, count = text.partition("/")
-    try:
-        shard = (int(index), int(count))
-    except ValueError:
-        shard = (-1, 0)
-    if not 0 <= shard[0] < shard[1]:
-        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
-    return shard
+        return SmoothGuard(model, self.guard)
 
 
 def resolve_judge(benchmark: Benchmark, judge: Judge | None) -> Judge | None:
@@ -149,7 +114,7 @@ def evaluate(
         ("max_new_tokens", max_new_tokens),
     ):
         if value is not None:
-            _check_int(name, value, 1)
+            check_int(name, value, minimum=1)
     bench.check_options(data_dir, options)
     items = bench.load_items(data_dir, **options)
     judge = resolve_judge(bench, judge)
@@ -188,53 +153,16 @@ def evaluate(
         described = read_json(previous, "run summary").get("model")
     wanted = {item.id for item in selected}
     summary = _summary(bench, folder, settings, [r for r in records if r["id"] in wanted], len(selected), len(items))
-    summary["seed"] = spec.seed if spec.defended else None
+    summary["seed"] = spec.guard.seed if spec.defended else None
     summary["model"] = described
-    summary["runtime"] = {"questions_per_batch": questions_per_batch, "batch_size": spec.batch_size, "shard": shard}
+    summary["runtime"] = {
+        "questions_per_batch": questions_per_batch,
+        "batch_size": spec.guard.batch_size,
+        "shard": shard,
+    }
     write_json_atomic(folder.path / "summary.json", summary)
     write_text_atomic(folder.path / "report.md", render_report(summary))
     return summary
-
-
-class RunFolder:
-    """A run folder (see the module docstring); refuses settings other than those it was started with."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        settings_file = path / SETTINGS_FILE
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"run folder {path} is a file; pass a folder to --out")
-        if settings_file.is_file():
-            started = read_json(settings_file, "run settings")
-            if started != settings:
-                raise RunConflictError(
-                    f"run folder {path} was started with other settings ({_differences(started, settings)}); "
-                    "rerun with the original settings to resume, or pass another --out"
-                )
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(settings_file, settings)
-
-    def records_path(self, shard: tuple[int, int] | None) -> Path:
-        return self.path / ("records.jsonl" if shard is None else f"records.shard-{shard[0]}-of-{shard[1]}.jsonl")
-
-
-def read_records(folder: Path) -> list[dict[str, Any]]:
-    """Every record of every shard of a run folder; a torn last line (a write cut short) is ignored."""
-    records: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for path in sorted(folder.glob("records*.jsonl")):
-        lines = path.read_text(encoding="utf-8").split("\n")
-        for number, line in enumerate(lines[:-1], 1):  # the part after the last newline is torn or empty
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number} is corrupt ({exc.msg}); delete that line to resume") from exc
-            if record["id"] in seen:
-                raise DataError(f"{path}: item {record['id']} has two records; were two runs writing one shard?")
-            seen.add(record["id"])
-            records.append(record)
-    return records
 
 
 def _generate(
@@ -261,7 +189,7 @@ def _generate(
             extras = bench.assess(batch, [r.text for r in results], judge)
             judge_seconds = (time.perf_counter() - started) / len(batch)
             for item, result, extra in zip(batch, results, extras, strict=True):
-                record = _record(item, result, extra, judge, guard.num_copies > 0, judge_seconds)
+                record = _record(item, result, extra, judge, guard.config.defended, judge_seconds)
                 appender.append(record)
                 written.append(record)
             bar.update(len(batch))
@@ -357,19 +285,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        parts = [
-            _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-            for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key)
-        ]
-        return "; ".join(parts)
-    return f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -47,7 +47,8 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     metrics: set[str] = set()
     for sigma in sigmas:
-        summary = evaluate(bench, replace(spec, sigma=sigma), out / f"sigma-{sigma:g}", model=source, **evaluate_kwargs)
+        at_sigma = replace(spec, guard=spec.guard.replace(sigma=sigma))
+        summary = evaluate(bench, at_sigma, out / f"sigma-{sigma:g}", model=source, **evaluate_kwargs)
         flat = {
             f"{group}.{name}": value for group, values in summary["scores"].items() for name, value in values.items()
         }
@@ -69,7 +70,7 @@ def run_sweep(
         rows,
         bench.headline,
         out / f"{stem}.png",
-        title=f"{bench.name}: {Path(spec.model).name}, {spec.num_copies} copies",
+        title=f"{bench.name}: {Path(spec.model).name}, {spec.guard.num_copies} copies",
         ylabel="attack success rate" if bench.kind == "safety" else "score",
     )
     return {"rows": rows, "csv": str(csv_path), "plot": str(plot)}

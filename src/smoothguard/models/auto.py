@@ -8,17 +8,20 @@ generic adapter.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from smoothguard.errors import ConfigError, ModelLoadError
+from smoothguard.models import REMOTE_PREFIX
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
-from smoothguard.models.remote import REMOTE_PREFIX, load_remote
+from smoothguard.models.remote import RemoteAdapter, load_remote
 
-TESTBED = "testbed"
+#: Entry-point group of model plug-ins: name -> zero-argument callable returning the model folder.
+MODEL_ENTRY_POINT_GROUP = "smoothguard.models"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -69,6 +72,27 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
+def model_plugin_names() -> list[str]:
+    """Names of the installed model plug-ins (``smoothguard.models`` entry points)."""
+    return sorted({entry.name for entry in entry_points(group=MODEL_ENTRY_POINT_GROUP)})
+
+
+def _plugin_folder(name: str) -> Path | None:
+    """The folder of the model plug-in called ``name``, or ``None`` when no plug-in has that name."""
+    entry = next(iter(entry_points(group=MODEL_ENTRY_POINT_GROUP, name=name)), None)
+    if entry is None:
+        return None
+    try:
+        folder = Path(entry.load()())
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) failed: {_first_line(exc)}") from exc
+    if not folder.is_dir():
+        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) gave {folder}, which is not a folder")
+    return folder
+
+
 def load_model(
     source: str | Path,
     *,
@@ -79,37 +103,23 @@ def load_model(
     """Load a multimodal model and its processor behind the adapter of its family.
 
     ``source``: a HuggingFace hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``), a local folder saved
-    with ``save_pretrained``, or ``"testbed"`` (the small LLaVA this package trains and ships), or
-    ``"openai:URL#MODEL"``, a remote OpenAI-compatible endpoint (``smoothguard.models.remote``; extra
-    keyword arguments then go to ``RemoteAdapter``).
+    with ``save_pretrained``, the name of a model plug-in, or ``"openai:URL#MODEL"``, a remote
+    OpenAI-compatible endpoint (``smoothguard.models.remote``; extra keyword arguments then go to
+    ``RemoteAdapter``).
+    Model plug-ins are entry points of the ``smoothguard.models`` group: name -> a zero-argument
+    callable returning the model folder (a ``Path``; it raises ``ModelLoadError`` when it cannot).
+    A name that is not an existing path is looked up there; its folder is loaded and the adapter keeps
+    the plug-in name as its display name. This package registers ``testbed`` (the small LLaVA it
+    trains and ships).
     ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``. ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``.
     Extra keyword arguments go to ``from_pretrained``.
     """
     if str(source).startswith(REMOTE_PREFIX):
         return load_remote(str(source), dtype=dtype, device=device, **from_pretrained_kwargs)
-    from transformers import AutoConfig
-
-    display_name = name = str(source)
-    if name == TESTBED:
-        from smoothguard.testbed.model import CHECKPOINT_DIR
-
-        if not (CHECKPOINT_DIR / "config.json").is_file():
-            raise ModelLoadError(f"the testbed checkpoint is missing from {CHECKPOINT_DIR}; reinstall smoothguard")
-        name = str(CHECKPOINT_DIR)
-    path = Path(name).expanduser()
-    if path.exists() and not (path / "config.json").is_file():
-        raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
-    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ModelLoadError(f"model folder {name} does not exist")
+    name = _checkpoint(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    try:
-        config = AutoConfig.from_pretrained(name, **from_pretrained_kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {name!r}: {_first_line(exc)} "
-            "(pass a hub id reachable from here, or a local folder saved with save_pretrained)"
-        ) from exc
+    config = _model_config(name, **from_pretrained_kwargs)
     adapter_class = adapter_class_for(config.model_type)
     try:
         processor = adapter_class.load_processor(name, **from_pretrained_kwargs)
@@ -119,7 +129,44 @@ def load_model(
             f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
         ) from exc
     model.to(torch_device).eval().requires_grad_(False)  # frozen: attacks need input gradients only
-    return adapter_class(model, processor, display_name)
+    return adapter_class(model, processor, str(source))
+
+
+def resolve_noise_space(source: str | Path, noise_space: str | None = None) -> str:
+    """The noise space a guard uses on the model ``load_model(source)`` loads: ``noise_space`` when given,
+    else the family's default, read from the checkpoint's ``config.json`` alone (no weights loaded)."""
+    if noise_space is not None:
+        return noise_space
+    if str(source).startswith(REMOTE_PREFIX):
+        return RemoteAdapter.noise_spaces[0]
+    return adapter_class_for(_model_config(_checkpoint(source)).model_type).noise_spaces[0]
+
+
+def _checkpoint(source: str | Path) -> str:
+    """The hub id or folder ``source`` names (a model plug-in's folder for a plug-in name); ModelLoadError
+    for a folder that is missing or has no ``config.json``."""
+    name = str(source)
+    path = Path(name).expanduser()
+    if not path.exists() and (plugin_folder := _plugin_folder(name)) is not None:
+        name, path = str(plugin_folder), plugin_folder
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelLoadError(f"model folder {name} does not exist")
+    return name
+
+
+def _model_config(name: str, **from_pretrained_kwargs: Any) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, **from_pretrained_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: {_first_line(exc)} "
+            "(pass a hub id reachable from here, a local folder saved with save_pretrained, "
+            f"or a model plug-in: {', '.join(model_plugin_names()) or 'none installed'})"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

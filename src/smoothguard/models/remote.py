@@ -10,49 +10,34 @@ How it fits the adapter contract: the remote server owns tokenisation and prepro
 carries the prompt as its UTF-8 bytes (``input_ids`` [1, L]). Only ``pixel`` noise exists: each
 candidate is clamped to [0, 1], quantised to 8 bits, encoded as a PNG ``data:`` URI and posted as
 one chat completion. ``generate`` posts the candidates concurrently (at most ``max_concurrency`` in
-flight per adapter), with a timeout per request and retries with exponential backoff on connection
-errors, timeouts, 429 and 5xx, and returns the answers in the order of the queries.
+flight per adapter) through :class:`~smoothguard.openai_client.OpenAIClient` (a timeout per request,
+retries with exponential backoff on connection errors, timeouts, 408, 429 and 5xx), and returns the
+answers in the order of the queries.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import torch
 from PIL import Image
 
-from smoothguard.errors import ConfigError, SmoothGuardError, UnsupportedError
+from smoothguard.errors import ConfigError, UnsupportedError
+from smoothguard.models import REMOTE_PREFIX
 from smoothguard.models.base import MLLMAdapter, Query
 from smoothguard.models.image import to_uint8_image
+from smoothguard.openai_client import OpenAIClient, UpstreamError
 
-REMOTE_PREFIX = "openai:"
 API_KEY_ENV = "SMOOTHGUARD_REMOTE_API_KEY"
-#: Failures worth another try: unreachable (None), timeouts, rate limits, server errors; others fail at once.
-RETRY_STATUSES = frozenset({None, 408, 429, 500, 502, 503, 504})
 _REMOTE_OPTIONS = ("api_key", "timeout", "max_concurrency", "max_retries", "backoff")
 _GENERATE_KWARGS = ("max_new_tokens", "do_sample", "temperature", "top_p")
-
-
-class UpstreamError(SmoothGuardError):
-    """The remote endpoint failed: unreachable (``status`` None), or answered with HTTP ``status``."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Abandoned(UpstreamError):
-    """A query not (re)tried because another query of the same ``generate`` call had failed."""
 
 
 def parse_remote(source: str) -> tuple[str, str]:
@@ -67,21 +52,6 @@ def parse_remote(source: str) -> tuple[str, str]:
             "(e.g. openai:http://127.0.0.1:8000/v1#llava-hf/llava-1.5-7b-hf)"
         )
     return url.rstrip("/"), model.strip()
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url``'s host is ``localhost`` or a loopback address (no proxy is used for those)."""
-    return is_loopback_host(urlsplit(url).hostname or "")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback IP address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def png_data_uri(pixels: torch.Tensor) -> str:
@@ -121,13 +91,13 @@ class RemoteAdapter(MLLMAdapter):
         self.name = f"{REMOTE_PREFIX}{base_url}#{model_name}"
         self.max_retries = max_retries
         self.backoff = backoff
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=base_url,
-            headers=headers,
+        self._client = OpenAIClient(
+            base_url,
+            api_key=api_key,
             timeout=timeout,
-            trust_env=not is_loopback(base_url),
-            limits=httpx.Limits(max_connections=max_concurrency),
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_concurrency,
         )
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="smoothguard-remote")
 
@@ -167,14 +137,14 @@ class RemoteAdapter(MLLMAdapter):
                 f"remote models take only {', '.join(_GENERATE_KWARGS)} as generation options, not {', '.join(unknown)}"
             )
         options = self._sampling(generate_kwargs)
-        failed = threading.Event()
-        futures = [self._pool.submit(self._complete, self._payload(q, options), failed) for q in queries]
+        batch = _Batch()
+        futures = [self._pool.submit(self._complete, self._payload(q, options), batch) for q in queries]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         errors = [error for f in futures if f in done and (error := f.exception()) is not None]
         if errors:
-            raise next((e for e in errors if not isinstance(e, _Abandoned)), errors[0])
+            raise batch.failures[0] if batch.failures else errors[0]
         return [future.result() for future in futures]
 
     @staticmethod
@@ -190,51 +160,28 @@ class RemoteAdapter(MLLMAdapter):
         content = [image, {"type": "text", "text": prompt}]
         return {"model": self.model_name, "messages": [{"role": "user", "content": content}], **options}
 
-    def _complete(self, payload: dict[str, Any], failed: threading.Event) -> str:
-        """One chat completion with retries; gives up once another query of the same batch has failed."""
-        attempt = 0
-        while True:
-            try:
-                return self._post(payload)
-            except UpstreamError as exc:
-                if attempt == self.max_retries or exc.status not in RETRY_STATUSES:
-                    failed.set()
-                    raise
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
-            if failed.is_set():
-                raise _Abandoned(f"{self.base_url}: abandoned after another request failed")
-
-    def _post(self, payload: dict[str, Any]) -> str:
+    def _complete(self, payload: dict[str, Any], batch: _Batch) -> str:
+        """One chat completion with retries; not retried once another query of the same batch has failed."""
         try:
-            response = self._client.post("/chat/completions", json=payload)
-        except httpx.TransportError as exc:
-            raise UpstreamError(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from exc
-        if response.status_code != 200:
-            raise UpstreamError(
-                f"{self.base_url} answered HTTP {response.status_code}: {_error_message(response)}",
-                status=response.status_code,
-            )
-        return self._answer(response)
-
-    def _answer(self, response: httpx.Response) -> str:
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise UpstreamError(f"{self.base_url} sent a response without choices[0].message", status=200) from exc
-        if content is not None and not isinstance(content, str):
-            raise UpstreamError(f"{self.base_url} sent a non-text message content", status=200)
-        return (content or "").strip()
+            return self._client.chat(payload, should_stop=batch.failed.is_set).strip()
+        except UpstreamError as exc:
+            batch.fail(exc)
+            raise
 
 
-def _error_message(response: httpx.Response, limit: int = 300) -> str:
-    """The upstream's error message (OpenAI's ``{"error": {"message": ...}}`` shape or raw text), shortened."""
-    try:
-        body = response.json()
-        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error", body)
-    except (ValueError, AttributeError, KeyError, TypeError):
-        message = response.text
-    return str(message).strip()[:limit] or "(empty body)"
+class _Batch:
+    """The failures of one ``generate`` call. The first is the one that stopped the batch: a query gives up
+    its retries only after ``failed`` is set, which happens after that first failure is recorded."""
+
+    def __init__(self) -> None:
+        self.failed = threading.Event()
+        self.failures: list[UpstreamError] = []
+        self._lock = threading.Lock()
+
+    def fail(self, error: UpstreamError) -> None:
+        with self._lock:
+            self.failures.append(error)
+            self.failed.set()
 
 
 def load_remote(source: str, *, dtype: Any = None, device: Any = None, **options: Any) -> RemoteAdapter:

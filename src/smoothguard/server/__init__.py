@@ -4,8 +4,12 @@
 thread on a loopback port.
 """
 
-from smoothguard.server.app import create_app
-from smoothguard.server.background import BackgroundServer
-from smoothguard.server.settings import ServerSettings
+from smoothguard.lazy import lazy_exports
 
-__all__ = ["BackgroundServer", "ServerSettings", "create_app"]
+_EXPORTS = {
+    "BackgroundServer": "smoothguard.server.background",
+    "ServerSettings": "smoothguard.server.settings",
+    "create_app": "smoothguard.server.app",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from smoothguard.errors import ConfigError, InputError, SmoothGuardError, UnsupportedError
-from smoothguard.models.remote import UpstreamError
+from smoothguard.openai_client import UpstreamError
 
 
 class ApiError(SmoothGuardError):

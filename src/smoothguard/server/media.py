@@ -20,7 +20,7 @@ from PIL import Image
 
 from smoothguard.errors import InputError
 from smoothguard.inputs import load_audio, load_image
-from smoothguard.models.remote import is_loopback
+from smoothguard.openai_client import is_loopback
 from smoothguard.server.errors import ApiError
 from smoothguard.server.settings import ServerSettings
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from smoothguard.config import MAX_SEED
 from smoothguard.embed import Embedder
 from smoothguard.errors import ConfigError
 from smoothguard.guard import SmoothGuard
@@ -24,9 +25,6 @@ from smoothguard.server.errors import ApiError
 from smoothguard.server.messages import parse_messages
 from smoothguard.server.schemas import ChatRequest, GuardOptions, completion_body
 from smoothguard.server.settings import ServerSettings
-
-#: Seeds must fit k-means' random_state (and the noise generator): [0, 2**32).
-MAX_SEED = 2**32
 
 
 class LockedEmbedder:
@@ -46,16 +44,18 @@ class GuardService:
     """Answers chat requests with ``guard``'s model and settings, overridden per request within ``settings``."""
 
     def __init__(self, guard: SmoothGuard, settings: ServerSettings) -> None:
-        if guard.num_copies > settings.max_num_copies:
-            raise ConfigError(f"num_copies {guard.num_copies} is over the server limit {settings.max_num_copies}")
-        if guard.noise.sigma > settings.max_sigma:
-            raise ConfigError(f"sigma {guard.noise.sigma} is over the server limit {settings.max_sigma}")
-        self.guard = guard
+        config = guard.config
+        if config.num_copies > settings.max_num_copies:
+            raise ConfigError(f"num_copies {config.num_copies} is over the server limit {settings.max_num_copies}")
+        if config.sigma > settings.max_sigma:
+            raise ConfigError(f"sigma {config.sigma} is over the server limit {settings.max_sigma}")
+        # The embedder is loaded now, so that the first request is not the slow one, and shared behind a
+        # lock by every request's guard; an undefended server needs none.
+        embedder = LockedEmbedder(guard.embedder) if settings.max_num_copies else None
+        self.guard = SmoothGuard.from_config(guard.model, config, embedder=embedder)
         self.settings = settings
         self.model_name = settings.model_name or guard.model.name
         self.remote = isinstance(guard.model, RemoteAdapter)
-        # Loaded now, so that the first request is not the slow one; an undefended server needs none.
-        self._embedder = LockedEmbedder(guard.embedder) if settings.max_num_copies else None
         self._turn: AbstractContextManager[Any] = nullcontext() if self.remote else threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -64,10 +64,10 @@ class GuardService:
             "status": "ok",
             "model": self.model_name,
             "mode": "proxy" if self.remote else "local",
-            "defended": self.guard.num_copies > 0,
-            "num_copies": self.guard.num_copies,
-            "sigma": self.guard.noise.sigma,
-            "noise_space": self.guard.noise.space,
+            "defended": self.guard.config.defended,
+            "num_copies": self.guard.config.num_copies,
+            "sigma": self.guard.config.sigma,
+            "noise_space": self.guard.config.noise_space,
         }
 
     def complete(self, body: bytes) -> dict[str, Any]:
@@ -96,10 +96,10 @@ class GuardService:
 
     def guard_for(self, options: GuardOptions) -> SmoothGuard:
         """The server's guard with the request's overrides, each checked against the server's limits."""
-        limits = self.settings
-        num_copies = self.guard.num_copies if options.num_copies is None else options.num_copies
-        sigma = self.guard.noise.sigma if options.sigma is None else options.sigma
-        seed = self.guard.seed if options.seed is None else options.seed
+        limits, config = self.settings, self.guard.config
+        num_copies = config.num_copies if options.num_copies is None else options.num_copies
+        sigma = config.sigma if options.sigma is None else options.sigma
+        seed = config.seed if options.seed is None else options.seed
         if not 0 <= num_copies <= limits.max_num_copies:
             note = " (it runs with --no-defense)" if limits.max_num_copies == 0 else ""
             raise _out_of_range("num_copies", num_copies, f"0..{limits.max_num_copies}{note}", too_large=num_copies > 0)
@@ -107,17 +107,7 @@ class GuardService:
             raise _out_of_range("sigma", sigma, f"0..{limits.max_sigma:g}", too_large=sigma > 0)
         if not 0 <= seed < MAX_SEED:
             raise _out_of_range("seed", seed, "0..2**32-1", too_large=False)
-        return SmoothGuard(
-            self.guard.model,
-            sigma=sigma,
-            num_copies=num_copies,
-            noise_space=self.guard.noise.space,
-            seed=seed,
-            clamp=self.guard.noise.clamp,
-            num_clusters=self.guard.num_clusters,
-            embedder=self._embedder,
-            batch_size=self.guard.batch_size,
-        )
+        return self.guard.replace(sigma=sigma, num_copies=num_copies, seed=seed)
 
     def max_new_tokens(self, requested: int | None) -> int:
         if requested is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
+from smoothguard.config import GuardConfig
 from smoothguard.eval.base import EvalItem
 from smoothguard.eval.judges import RefusalJudge
 from smoothguard.guard import SmoothGuard
@@ -41,15 +42,16 @@ ATTACK_PROMPTS = tuple(RESTRICTED)[:4]  # optimised on these; evaluated on all e
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The demo's settings: utility scenes, the attacks' budget (1/255) and steps, EOT samples per step,
+    and the defense (``guard``; its seed also seeds the attacks)."""
+
     pope_scenes: int = 40
     eps: float = 32
     alpha: float = 1
     attack_steps: int = 300
     adaptive_steps: int = 100
     eot_samples: int = 4
-    sigma: float = 0.1
-    num_copies: int = 10
-    seed: int = 0
+    guard: GuardConfig = field(default_factory=lambda: GuardConfig(noise_space="normalized"))
     queries_per_batch: int = 16
 
 
@@ -60,7 +62,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model("testbed")
     undefended = SmoothGuard(model, num_copies=0)
-    guard = SmoothGuard(model, sigma=config.sigma, num_copies=config.num_copies, seed=config.seed)
+    guard = SmoothGuard(model, config.guard)
 
     pope = TestbedPopeBenchmark()
     pope_items = pope.load_items(None, num_scenes=config.pope_scenes)
@@ -90,7 +92,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
             "safety_items": len(RESTRICTED),
             "attack_prompts": len(ATTACK_PROMPTS),
         },
-        "settings": {**asdict(config), "noise_space": guard.noise.space, "model": model.describe()},
+        "settings": {**asdict(config), "guard": guard.config.to_dict(), "model": model.describe()},
         "details": {"utility": utility, "asr": asr},
         "images": {"clean": "clean.png", "universal": "universal.png", "adaptive": "adaptive.png"},
     }
@@ -134,7 +136,7 @@ def _adversarial(
         "eps": config.eps,
         "alpha": config.alpha,
         "steps": steps,
-        "seed": config.seed,
+        "seed": config.guard.seed,
         "eot": None if eot is None else eot.describe(),
         "prompts": list(ATTACK_PROMPTS),
     }
@@ -143,7 +145,13 @@ def _adversarial(
         if sidecar.is_file() and json.loads(sidecar.read_text()).get("config", {}).get("demo_key") == key:
             return load_image(folder / f"{kind}.png")
     attack = PGD(
-        eps=config.eps, alpha=config.alpha, steps=steps, eot=eot, early_stop=False, seed=config.seed, progress=progress
+        eps=config.eps,
+        alpha=config.alpha,
+        steps=steps,
+        eot=eot,
+        early_stop=False,
+        seed=config.guard.seed,
+        progress=progress,
     )
     objectives = [TargetObjective.of(RESTRICTED[p]) for p in ATTACK_PROMPTS]
     result = attack(model, clean, list(ATTACK_PROMPTS), objectives, checkpoint=out_dir / f"{kind}.ckpt.safetensors")
@@ -164,6 +172,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    guard = summary["settings"]["guard"]
     groups = ["utility", "asr_clean", "asr", "asr_adaptive"]
     labels = ["utility\n(testbed-pope acc.)", "ASR, clean\nimage", "ASR, universal\neps 32/255", "ASR, adaptive\n(EOT)"]
     figure, axis = plt.subplots(figsize=(7, 3.5))
@@ -174,7 +183,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     axis.set_ylim(0, 1)
     axis.legend()
     axis.set_title(
-        f"SmoothGuard on the testbed (sigma {summary['settings']['sigma']}, {summary['settings']['num_copies']} copies)"
+        f"SmoothGuard on the testbed (sigma {guard['sigma']} {guard['noise_space']}, {guard['num_copies']} copies)"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -1,7 +1,8 @@
 """The testbed model: a small real ``LlavaForConditionalGeneration`` (CLIP ViT vision tower + Llama
 text model, LLaVA-1.5's prompt format and processor) trained from scratch on the testbed scenes.
 
-The shipped checkpoint lives in ``CHECKPOINT_DIR`` and is what ``load_model("testbed")`` loads.
+The shipped checkpoint lives in ``CHECKPOINT_DIR``; ``checkpoint`` is the ``testbed`` entry point of the
+``smoothguard.models`` group, so ``load_model("testbed")`` loads it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from smoothguard.errors import ModelLoadError
+from smoothguard.models.build import LLAVA_CHAT_TEMPLATE, build_tokenizer, llava_processor, random_llava
 from smoothguard.testbed.scenes import IMAGE_SIZE
 from smoothguard.testbed.tasks import vocabulary_corpus
-from smoothguard.testing import LLAVA_CHAT_TEMPLATE, build_tokenizer, llava_processor, random_llava
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
 _CHAT_WORDS = ["USER: <image>\n", " ASSISTANT:", "USER:"]
+
+
+def checkpoint() -> Path:
+    """The folder of the shipped checkpoint (the ``testbed`` model plug-in); ``ModelLoadError`` if missing."""
+    if not (CHECKPOINT_DIR / "config.json").is_file():
+        raise ModelLoadError(f"the testbed checkpoint is missing from {CHECKPOINT_DIR}; reinstall smoothguard")
+    return CHECKPOINT_DIR
 
 
 @dataclass(frozen=True)

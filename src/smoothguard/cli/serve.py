@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from smoothguard.cli.options import add_guard_options, guard_config
 from smoothguard.errors import ConfigError
 
 _DESCRIPTION = """\
@@ -30,8 +31,6 @@ def register(commands: Any) -> None:
     _add_upstream_options(serve)
     serve.add_argument("--device", default="auto", help="local model: auto | cpu | cuda | cuda:N (default: auto)")
     serve.add_argument("--dtype", default="auto", help="local model: auto | float32 | float16 | bfloat16")
-    from smoothguard.cli import add_guard_options
-
     add_guard_options(serve)
     serve.add_argument("--no-defense", action="store_true", help="serve the plain model (num_copies 0, no overrides)")
     server = serve.add_argument_group("server")
@@ -54,7 +53,7 @@ def register(commands: Any) -> None:
         "default: none, only data: URIs)",
     )
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    serve.set_defaults(run=_run_serve)
+    serve.set_defaults(precheck=_check, run=_run_serve)
 
 
 def _add_upstream_options(serve: argparse.ArgumentParser) -> None:
@@ -67,20 +66,14 @@ def _add_upstream_options(serve: argparse.ArgumentParser) -> None:
     upstream.add_argument("--upstream-backoff", type=float, default=0.5, help="first retry delay, doubling (0.5 s)")
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from smoothguard.cli import guard_from_args
-    from smoothguard.models import load_model
-    from smoothguard.models.remote import is_loopback_host
-    from smoothguard.server.app import create_app
+def _check(args: argparse.Namespace) -> None:
     from smoothguard.server.settings import ServerSettings
 
-    api_key = _key_from_env(args.api_key_env, "--api-key-env")
-    source, options, served_name = _model_source(args)
-    settings = ServerSettings(
+    args.guard = guard_config(args, **({"num_copies": 0} if args.no_defense else {}))
+    args.source, args.remote_options, served_name = _model_source(args)
+    args.settings = ServerSettings(
         model_name=served_name,
-        api_key=api_key,
+        api_key=_key_from_env(args.api_key_env, "--api-key-env"),
         max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels,
         max_num_copies=0 if args.no_defense else args.max_num_copies,
@@ -89,10 +82,19 @@ def _run_serve(args: argparse.Namespace) -> int:
         default_max_new_tokens=args.max_new_tokens,
         allow_url_prefixes=tuple(args.allow_url_prefix),
     )
-    model = load_model(source, device=args.device, dtype=args.dtype, **options)
-    guard = guard_from_args(model, args, num_copies=0 if args.no_defense else None)
-    app = create_app(guard, settings)
-    if not api_key and not is_loopback_host(args.host):
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from smoothguard import SmoothGuard
+    from smoothguard.models import load_model
+    from smoothguard.openai_client import is_loopback_host
+    from smoothguard.server.app import create_app
+
+    model = load_model(args.source, device=args.device, dtype=args.dtype, **args.remote_options)
+    app = create_app(SmoothGuard(model, args.guard), args.settings)
+    if not args.settings.api_key and not is_loopback_host(args.host):
         print(f"smoothguard: warning: serving on {args.host} without --api-key-env", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -101,7 +103,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _model_source(args: argparse.Namespace) -> tuple[str, dict[str, Any], str | None]:
     """The ``load_model`` source, the ``RemoteAdapter`` options of a remote one, and the served model name
     (default: the upstream's model name for a proxy, the model's own name otherwise)."""
-    from smoothguard.models.remote import REMOTE_PREFIX
+    from smoothguard.models import REMOTE_PREFIX
 
     if args.upstream is None and args.upstream_model is not None:
         raise ConfigError("--upstream-model goes with --upstream URL")

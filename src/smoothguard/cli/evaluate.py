@@ -1,4 +1,5 @@
-"""``smoothguard eval``, ``smoothguard sweep`` and ``smoothguard score``."""
+"""``smoothguard eval``, ``smoothguard sweep`` and ``smoothguard score`` (a module named for the verb, not
+``eval``, which would shadow the builtin)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
 from smoothguard.errors import ConfigError
 from smoothguard.eval.base import benchmark_names
 
@@ -38,10 +41,10 @@ def register(commands: Any) -> None:
         description="Answer every item of a benchmark through SmoothGuard (or undefended), judge and score the "
         "answers. Records go to RUN_DIR/records.jsonl as produced; rerunning the same command resumes.",
     )
-    _add_run_options(evaluate)
+    _add_run_options(evaluate, add_guard_options)
     evaluate.add_argument("--shard", help="i/n: answer items i, i+n, i+2n, ... (0 <= i < n), e.g. one per GPU")
     evaluate.add_argument("--out", type=Path, help="run folder (default runs/BENCH/MODEL/undefended|sigma-S)")
-    evaluate.set_defaults(run=_run_eval)
+    evaluate.set_defaults(precheck=_check, run=_run_eval)
 
     sweep = commands.add_parser(
         "sweep",
@@ -49,10 +52,11 @@ def register(commands: Any) -> None:
         description="One defended run per sigma in OUT/sigma-S/ (finished runs are reused), then "
         "OUT/utility-vs-sigma.{png,csv} or OUT/asr-vs-sigma.{png,csv}.",
     )
-    _add_run_options(sweep)
+    _add_run_options(sweep, lambda parser: add_guard_options(parser, exclude=("sigma",)))
+    sweep.add_argument("--sigma", type=float, help=argparse.SUPPRESS)  # only to say that sweep takes --sigmas
     sweep.add_argument("--sigmas", required=True, help="comma-separated, e.g. 0,0.05,0.1,0.15,0.2,0.3,0.4,0.5")
     sweep.add_argument("--out", type=Path, help="sweep folder (default runs/BENCH/MODEL/sweep)")
-    sweep.set_defaults(run=_run_sweep, sigma=None)
+    sweep.set_defaults(precheck=_check_sweep, run=_run_sweep)
 
     score = commands.add_parser("score", help="score answer or review files as the published scorers do")
     which = score.add_subparsers(dest="scored", required=True, metavar="BENCH")
@@ -71,13 +75,11 @@ def register(commands: Any) -> None:
     llava.set_defaults(run=_run_score_llava)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    from smoothguard.cli import add_guard_options, add_model_options
-
+def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[argparse.ArgumentParser], None]) -> None:
     parser.add_argument("benchmark", metavar="BENCH", help=f"one of: {', '.join(benchmark_names())}")
     add_model_options(parser)
     parser.add_argument("--data", type=Path, help="the benchmark's data folder, in its published layout (README)")
-    add_guard_options(parser)
+    guard_options(parser)
     parser.add_argument(
         "--defense", action=argparse.BooleanOptionalAction, default=True, help="SmoothGuard on (default) or off"
     )
@@ -107,31 +109,36 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check(args: argparse.Namespace) -> None:
+    args.guard = guard_config(args, **({} if args.defense else {"num_copies": 0}))
+    args.shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+
+
+def _check_sweep(args: argparse.Namespace) -> None:
+    from smoothguard.eval.sweep import parse_sigmas
+
+    if args.sigma is not None:
+        raise ConfigError("sweep takes --sigmas (a list), not --sigma")
+    args.sigmas = parse_sigmas(args.sigmas)
+    args.guard = guard_config(args, sigma=args.sigmas[0], **({} if args.defense else {"num_copies": 0}))
+
+
 def _run_eval(args: argparse.Namespace) -> int:
-    from smoothguard.eval.runner import evaluate, parse_shard
+    from smoothguard.eval.runner import evaluate
 
     spec = _spec(args)
-    out = args.out or _default_out(args, "undefended" if not spec.defended else f"sigma-{spec.sigma:g}")
-    summary = evaluate(
-        args.benchmark,
-        spec,
-        out,
-        shard=parse_shard(args.shard) if args.shard else None,
-        **_common(args),
-    )
+    out = args.out or _default_out(args, "undefended" if not spec.defended else f"sigma-{spec.guard.sigma:g}")
+    summary = evaluate(args.benchmark, spec, out, shard=args.shard, **_common(args))
     _print_summary(summary, args.json, f"run folder {summary['run_folder']}")
     return 0
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from smoothguard.eval.report import score_table
-    from smoothguard.eval.sweep import parse_sigmas, run_sweep
+    from smoothguard.eval.sweep import run_sweep
 
-    if args.sigma is not None:
-        raise ConfigError("sweep takes --sigmas (a list), not --sigma")
-    sigmas = parse_sigmas(args.sigmas)
-    spec = _spec(args, sigma=sigmas[0])
-    result = run_sweep(args.benchmark, spec, sigmas, args.out or _default_out(args, "sweep"), **_common(args))
+    spec = _spec(args)
+    result = run_sweep(args.benchmark, spec, args.sigmas, args.out or _default_out(args, "sweep"), **_common(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -180,23 +187,10 @@ def _run_score_llava(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(args: argparse.Namespace, **override: Any) -> GuardSpec:
+def _spec(args: argparse.Namespace) -> GuardSpec:
     from smoothguard.eval.runner import GuardSpec
 
-    settings = {
-        "model": args.model,
-        "dtype": args.dtype,
-        "device": args.device,
-        "defense": args.defense,
-        "sigma": args.sigma,
-        "num_copies": args.num_copies,
-        "noise_space": args.noise_space,
-        "seed": args.seed,
-        "clamp": not args.no_clamp,
-        "embedder": args.embedder,
-        "batch_size": args.batch_size,
-    }
-    return GuardSpec(**{**settings, **override})
+    return GuardSpec(model=args.model, dtype=args.dtype, device=args.device, guard=args.guard)
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,3 +234,15 @@ def _print_summary(summary: dict[str, Any], as_json: bool, where: str) -> None:
     items = summary["items"]
     state = "complete" if summary["complete"] else "incomplete, rerun to resume"
     print(f"[{summary['benchmark']}] {items['done']}/{items['selected']} items ({state}); {where}", file=sys.stderr)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``: this process takes items i, i + n, i + 2n, ..."""
+    index, _, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return shard

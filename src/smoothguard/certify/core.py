@@ -21,61 +21,44 @@ added to.
   operator norm (its largest singular value).
 - ``waveform``: L2 over the [-1, 1] samples of the waveform.
 
-Samples: noisy copy ``i`` of an input is drawn with its own seed (from the guard's seed and ``i``), so the
-answers do not depend on the batch size; copies go through the guard's noise and the adapter's one-call
-``generate``, ``batch_size`` at a time. Selection (``n0``) and estimation (``n``) use disjoint copies.
+Samples: the copies are answered by the guard's own sampler (``SmoothGuard.sample``), so noisy copy ``i``
+is the same noise as the guard's copy ``i`` (seed rule of ``smoothguard.noise``), whatever the batch size;
+``batch_size`` copies per ``generate`` call (``DEFAULT_BATCH_SIZE`` when the guard sets none). Selection
+(``n0``) and estimation (``n``) use disjoint copies.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from scipy.stats import beta, binomtest, norm
-
-from smoothguard.errors import ConfigError, UnsupportedError
-from smoothguard.inputs import load_audio, load_image, validate_prompt
-from smoothguard.models.base import Query
+from smoothguard.errors import ConfigError, check_int
+from smoothguard.stats import binomial_test, clopper_pearson_lower, normal_quantile, validate_alpha
 
 if TYPE_CHECKING:
     from smoothguard.guard import SmoothGuard
-    from smoothguard.models.base import MLLMAdapter
 
-#: Text answer -> label, e.g. ``smoothguard.answers.YesNoParser()``.
+#: Text answer -> label, e.g. ``smoothguard.certify.YesNoParser()``.
 AnswerParser = Callable[[str], str]
 
 #: Most noisy copies per ``generate`` call when the guard sets no ``batch_size``.
 DEFAULT_BATCH_SIZE = 128
 
-
-# ------------------------------------------------------------------------------------------- statistics
-def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 - alpha) Clopper–Pearson lower bound on a binomial proportion after ``k`` successes in
-    ``n`` trials: the ``alpha`` quantile of Beta(k, n - k + 1); 0 when k = 0."""
-    _check_count("n", n, 1)
-    _check_count("k", k, 0)
-    if k > n:
-        raise ConfigError(f"k must be <= n, got k={k}, n={n}")
-    validate_alpha(alpha)
-    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
-
-
-def validate_alpha(alpha: object) -> None:
-    """ConfigError unless ``alpha`` is a number in (0, 1)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be a number in (0, 1), e.g. 0.001; got {alpha!r}")
+#: What a radius measures, per noise space.
+RADIUS_UNITS = {
+    "pixel": "L2 over [0, 1] pixels",
+    "normalized": "L2 over normalized pixel_values",
+    "waveform": "L2 over waveform samples",
+}
 
 
 def certified_radius(p_lower: float, sigma: float) -> float:
     """``sigma * Phi^-1(p_lower)``, in sigma's units; 0 when ``p_lower <= 1/2`` (no certificate)."""
     if not 0.0 <= p_lower <= 1.0:
         raise ConfigError(f"p_lower must be a probability in [0, 1], got {p_lower!r}")
-    return sigma * float(norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
+    return sigma * normal_quantile(p_lower) if p_lower > 0.5 else 0.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +114,7 @@ def predict_from_counts(counts: Mapping[str, int], alpha: float) -> Prediction:
     ranked = _ranked(counts)
     top, n_top = ranked[0]
     n_second = ranked[1][1] if len(ranked) > 1 else 0
-    p_value = float(binomtest(n_top, n_top + n_second, 0.5).pvalue)
+    p_value = binomial_test(n_top, n_top + n_second, 0.5)
     return Prediction(top if p_value <= alpha else None, p_value, dict(ranked), alpha, sum(counts.values()))
 
 
@@ -160,35 +143,15 @@ def certify_from_counts(
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def sample_answers(
-    guard: SmoothGuard,
-    prompt: str,
-    media: Any,
-    count: int,
-    *,
-    max_new_tokens: int = 16,
-    **generate_kwargs: Any,
+def noisy_answers(
+    guard: SmoothGuard, prompt: str, media: Any, copies: range, *, max_new_tokens: int = 16, **generate_kwargs: Any
 ) -> list[str]:
-    """Answers to noisy copies ``0 .. count - 1`` of ``media`` (image: path, PIL, array or
-    [3, H, W] tensor in [0, 1]; audio: path, array or (array, rate)) with the guard's noise, sigma, clamping
-    and seed; ``guard.batch_size`` (default ``DEFAULT_BATCH_SIZE``) copies per ``generate`` call."""
-    _check_count("count", count, 1)
-    model = guard.model
-    medium = _load_medium(model, media)
-    text = model.prompt_text(validate_prompt(prompt), medium)
-    step = guard.batch_size or DEFAULT_BATCH_SIZE
-    answers: list[str] = []
-    for first in range(0, count, step):
-        indices = range(first, min(first + step, count))
-        with torch.no_grad():
-            queries = [Query(text, guard.noise.copies(model, medium, 1, copy_seed(guard.seed, i))[0]) for i in indices]
-        answers += model.generate(queries, max_new_tokens=max_new_tokens, **generate_kwargs)
-    return answers
-
-
-def copy_seed(seed: int, index: int) -> int:
-    """The noise seed of copy ``index`` under base ``seed`` (independent streams, in [0, 2**32))."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    """Answers to noisy copies ``copies`` of ``media`` (image: path, PIL, array or [3, H, W] tensor in
+    [0, 1]; audio: path, array or (array, rate)) through ``guard.sample``, ``guard.config.batch_size``
+    (default ``DEFAULT_BATCH_SIZE``) copies per ``generate`` call."""
+    sampler = guard if guard.config.batch_size else guard.replace(batch_size=DEFAULT_BATCH_SIZE)
+    query = sampler.prepare([prompt], [media])
+    return sampler.sample(query, copies, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
 
 def predict(
@@ -203,8 +166,9 @@ def predict(
     **generate_kwargs: Any,
 ) -> Prediction:
     """Cohen et al.'s PREDICT for ``parser(answer)`` over ``n`` noisy copies (see :func:`predict_from_counts`)."""
+    check_int("n", n, minimum=1)
     validate_alpha(alpha)
-    answers = sample_answers(guard, prompt, media, n, max_new_tokens=max_new_tokens, **generate_kwargs)
+    answers = noisy_answers(guard, prompt, media, range(n), max_new_tokens=max_new_tokens, **generate_kwargs)
     return predict_from_counts(Counter(parser(a) for a in answers), alpha)
 
 
@@ -222,60 +186,12 @@ def certify(
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for ``parser(answer)``: select on copies ``0 .. n0 - 1``, estimate on copies
     ``n0 .. n0 + n - 1`` (see :func:`certify_from_counts`). The radius is in the guard's noise-space units."""
-    _check_count("n0", n0, 1)
-    _check_count("n", n, 1)
+    check_int("n0", n0, minimum=1)
+    check_int("n", n, minimum=1)
     validate_alpha(alpha)
-    answers = sample_answers(guard, prompt, media, n0 + n, max_new_tokens=max_new_tokens, **generate_kwargs)
+    answers = noisy_answers(guard, prompt, media, range(n0 + n), max_new_tokens=max_new_tokens, **generate_kwargs)
     labels = [parser(a) for a in answers]
     return certify_from_counts(Counter(labels[:n0]), Counter(labels[n0:]), alpha, guard.noise.sigma, guard.noise.space)
-
-
-# ------------------------------------------------------------------------------------- adaptive sampling
-@dataclass(frozen=True)
-class AdaptiveSampling:
-    """Stopping rule for ``SmoothGuard(adaptive=...)``: answer the clean input and the noisy copies in
-    rounds (:meth:`schedule`: a first round up to the first look that could stop, then ``round_size`` copies
-    a round) and stop once the majority cluster's share of the noisy copies answered so far
-    is decided: its one-sided Clopper–Pearson lower bound exceeds 1/2 at the per-look level (below), or
-    all ``num_copies`` copies are answered.
-
-    Per-look level: ``alpha`` split (Bonferroni) over the looks at which a stop is possible (a look after
-    ``m`` copies can stop only if ``0.5**m`` is below the level), so the chance of stopping on a share that
-    is not above 1/2 is at most ``alpha`` for a fixed cluster. The clusters are themselves fitted to the
-    answers, so this is a stopping rule, not a certificate (:func:`certify` gives those).
-    """
-
-    alpha: float = 0.05
-    round_size: int = 2
-
-    def __post_init__(self) -> None:
-        validate_alpha(self.alpha)
-        _check_count("round_size", self.round_size, 1)
-
-    def schedule(self, num_copies: int) -> list[int]:
-        """Noisy copies answered after each round: the multiples of ``round_size`` below ``num_copies`` at
-        which a stop is possible, then ``num_copies`` (the first round also answers the clean input)."""
-        level = self.level(num_copies)
-        return [*(m for m in self._looks(num_copies) if 0.5**m < level), num_copies]
-
-    def level(self, num_copies: int) -> float:
-        """The per-look significance level for ``num_copies`` copies (see the class docstring)."""
-        looks = self._looks(num_copies)
-        for divisor in range(1, len(looks) + 1):
-            if sum(0.5**m < self.alpha / divisor for m in looks) <= divisor:
-                return self.alpha / divisor
-        return self.alpha
-
-    def decided(self, majority: int, copies: int, num_copies: int) -> bool:
-        """Whether ``majority`` of ``copies`` answered noisy copies decide the vote (out of ``num_copies``)."""
-        return clopper_pearson_lower(majority, copies, self.level(num_copies)) > 0.5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def _looks(self, num_copies: int) -> list[int]:
-        """Candidate looks: every ``round_size`` copies, short of ``num_copies`` (where sampling ends anyway)."""
-        return list(range(self.round_size, num_copies, self.round_size))
 
 
 # -------------------------------------------------------------------------------------------- internals
@@ -285,17 +201,3 @@ def _ranked(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     if not ranked:
         raise ConfigError("no answers to count: pass at least one labelled sample")
     return ranked
-
-
-def _load_medium(model: MLLMAdapter, source: Any) -> torch.Tensor:
-    if model.modality == "image":
-        return load_image(source, name=None if isinstance(source, (str, os.PathLike)) else "image")
-    rate = getattr(model, "sampling_rate", None)
-    if rate is None:
-        raise UnsupportedError(f"{model.name} does not declare an audio sampling rate")
-    return load_audio(source, sampling_rate=rate, name=None if isinstance(source, (str, os.PathLike)) else "audio")
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -20,21 +20,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothguard.answers import YesNoParser
-from smoothguard.certify import certify
+from smoothguard.certify.answers import YesNoParser
+from smoothguard.certify.core import RADIUS_UNITS, certify
+from smoothguard.config import GuardConfig
+from smoothguard.errors import ConfigError
 from smoothguard.eval.base import EvalItem
-from smoothguard.eval.jsonl import DurableAppender, write_json_atomic
+from smoothguard.eval.jsonl import write_json_atomic
 from smoothguard.eval.plots import write_csv
-from smoothguard.eval.runner import RunFolder, read_records
+from smoothguard.eval.store import DurableAppender, RunFolder, read_records
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.provenance import versions
-
-RADIUS_UNITS = {
-    "pixel": "L2 over [0, 1] pixels",
-    "normalized": "L2 over normalized pixel_values",
-    "waveform": "L2 over waveform samples",
-}
 
 
 def certify_items(
@@ -42,31 +38,38 @@ def certify_items(
     model: MLLMAdapter | Callable[[], MLLMAdapter],
     out: Path,
     *,
+    guard: GuardConfig,
     sigmas: Sequence[float],
     settings: dict[str, Any],
     radii: Sequence[float],
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Certify every item (``meta["label"]`` is ``yes``/``no``) at each sigma into ``out`` and return the
-    summary. ``settings``: ``noise_space``, ``seed``, ``clamp``, ``n0``, ``n``, ``alpha``,
-    ``max_new_tokens``, ``batch_size`` and identity fields (model, benchmark, ...) checked on resume.
+    summary. ``guard``: the noise (``noise_space`` must be given: it sets the radius units), seed, clamping
+    and batch size; its sigma is replaced by each of ``sigmas``. ``settings``: ``n0``, ``n``, ``alpha``,
+    ``max_new_tokens`` and identity fields (model, benchmark, ...), checked on resume with the guard's.
     ``model``: an adapter, or a loader called only if there is work left."""
+    if guard.noise_space is None:
+        raise ConfigError("certification needs an explicit noise space: it sets the units of the radius")
+    guard = guard.replace(num_copies=0, adaptive=None)
+    settings = {**settings, "guard": guard.to_dict()}
     started = time.perf_counter()
     rows, plotted = [], {}
     for sigma in sigmas:
-        folder = RunFolder(out / f"sigma-{sigma:g}", {**_shaping(settings), "sigma": sigma})
+        folder = RunFolder(out / f"sigma-{sigma:g}", _shaping(settings, sigma))
         records = read_records(folder.path)
         done = {record["id"] for record in records}
         todo = [item for item in items if item.id not in done]
         if todo:
             if callable(model):
                 model = model()
-            records += _certify(todo, model, folder.path / "records.jsonl", sigma, settings, progress)
+            sampler = SmoothGuard(model, guard.replace(sigma=sigma))
+            records += _certify(todo, sampler, folder.path / "records.jsonl", settings, progress)
         wanted = {item.id for item in items}
         records = [record for record in records if record["id"] in wanted]
         rows.append(table_row(sigma, records, radii))
         plotted[sigma] = records
-    units = RADIUS_UNITS[settings["noise_space"]]
+    units = RADIUS_UNITS[guard.noise_space]
     summary = {
         "settings": settings,
         "radius_units": units,
@@ -135,23 +138,14 @@ def format_table(summary: dict[str, Any]) -> list[str]:
 
 def _certify(
     items: Sequence[EvalItem],
-    model: MLLMAdapter,
+    guard: SmoothGuard,
     path: Path,
-    sigma: float,
     settings: dict[str, Any],
     progress: bool | None,
 ) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    guard = SmoothGuard(
-        model,
-        sigma=sigma,
-        num_copies=0,
-        noise_space=settings["noise_space"],
-        seed=settings["seed"],
-        clamp=settings["clamp"],
-        batch_size=settings["batch_size"],
-    )
+    sigma = guard.config.sigma
     parser = YesNoParser()
     written = []
     bar = tqdm(items, desc=f"sigma {sigma:g}", unit="item", disable=None if progress is None else not progress)
@@ -190,14 +184,15 @@ def _certify(
 
 def _title(settings: dict[str, Any]) -> str:
     return (
-        f"{settings['benchmark']}, {settings['noise_space']} noise: "
+        f"{settings['benchmark']}, {settings['guard']['noise_space']} noise: "
         f"n0={settings['n0']}, n={settings['n']}, alpha={settings['alpha']:g}"
     )
 
 
-def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings that shape the records (the batch size does not)."""
-    return {key: value for key, value in settings.items() if key != "batch_size"}
+def _shaping(settings: dict[str, Any], sigma: float) -> dict[str, Any]:
+    """The settings that shape the records at ``sigma`` (the batch size does not)."""
+    guard = {key: value for key, value in settings["guard"].items() if key not in ("sigma", "batch_size")}
+    return {**settings, "guard": guard, "sigma": sigma}
 
 
 def _write_table(rows: Sequence[dict[str, Any]], radii: Sequence[float], path: Path) -> Path:

@@ -10,8 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from smoothguard.certify.core import DEFAULT_BATCH_SIZE
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
-from smoothguard.noise import NOISE_SPACES, validate_sigma
+from smoothguard.noise import validate_sigma
+from smoothguard.stats import validate_alpha
+
+#: Guard options that do not apply to certification (no vote: every copy is a sample).
+_NOT_CERTIFY = ("sigma", "num_copies", "num_clusters", "embedder", "adaptive")
 
 #: ``--benchmark`` -> the registered benchmark whose yes/no items are certified.
 BENCHMARKS = {"testbed": "testbed-pope", "pope": "pope"}
@@ -19,8 +26,6 @@ BENCHMARKS = {"testbed": "testbed-pope", "pope": "pope"}
 
 def register(commands: Any) -> None:
     """Add ``certify`` to the ``smoothguard`` command."""
-    from smoothguard.cli import add_model_options
-
     parser = commands.add_parser(
         "certify",
         help="certified yes/no answers (randomized smoothing): radius per item, certified accuracy vs radius",
@@ -39,40 +44,38 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--sigma", default="0.25", help="noise std in --noise-space units; comma-separated for several (default 0.25)"
     )
-    parser.add_argument(
-        "--noise-space", choices=NOISE_SPACES, default="pixel", help="default: pixel (radii in [0, 1]-pixel L2)"
-    )
     parser.add_argument("--n0", type=int, default=100, help="selection copies per item (default 100)")
     parser.add_argument("--n", type=int, default=1000, help="estimation copies per item (default 1000)")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     parser.add_argument("--radii", default="0,0.1,0.25,0.5,1", help="table radii (default 0,0.1,0.25,0.5,1)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--no-clamp", action="store_true", help="do not clamp noisy pixels")
-    parser.add_argument("--batch-size", type=int, default=None, help="copies per generate call (default 128)")
+    add_guard_options(
+        parser, defaults=GuardConfig(noise_space="pixel", batch_size=DEFAULT_BATCH_SIZE), exclude=_NOT_CERTIFY
+    )
     parser.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (testbed 8, pope 128)")
     parser.add_argument("--limit", type=int, help="only the first K items")
     parser.add_argument("--out", type=Path, help="output folder (default runs/certify/BENCH/MODEL)")
     parser.add_argument("--json", action="store_true", help="print the summary (with the table) as JSON")
-    parser.set_defaults(run=_run_certify)
+    parser.set_defaults(precheck=_check, run=_run_certify)
 
 
-def _run_certify(args: argparse.Namespace) -> int:
-    from smoothguard.certify import validate_alpha
-    from smoothguard.certify_run import certify_items, format_table
-    from smoothguard.eval.base import get_benchmark
-    from smoothguard.models import load_model
-
-    sigmas = _numbers(args.sigma, "--sigma")
-    radii = _numbers(args.radii, "--radii")
-    for sigma in sigmas:
-        validate_sigma(sigma)
-    for name in ("n0", "n", "limit", "batch_size", "max_new_tokens"):
+def _check(args: argparse.Namespace) -> None:
+    args.sigmas = [validate_sigma(sigma) for sigma in _numbers(args.sigma, "--sigma")]
+    args.radii = _numbers(args.radii, "--radii")
+    for name in ("n0", "n", "limit", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     validate_alpha(args.alpha)
-    if min(radii) < 0:
+    if min(args.radii) < 0:
         raise ConfigError(f"--radii must be >= 0, got {args.radii}")
+    args.guard = guard_config(args, sigma=args.sigmas[0])
+
+
+def _run_certify(args: argparse.Namespace) -> int:
+    from smoothguard.certify.run import certify_items, format_table
+    from smoothguard.eval.base import get_benchmark
+    from smoothguard.models import load_model
+
     bench = get_benchmark(BENCHMARKS[args.benchmark])
     options = {k: getattr(args, k) for k in ("questions", "labels", "images", "splits") if getattr(args, k)}
     if args.benchmark == "testbed" and (options or args.data):
@@ -86,14 +89,10 @@ def _run_certify(args: argparse.Namespace) -> int:
         "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         "dtype": args.dtype,
         "parser": "yes-no",
-        "noise_space": args.noise_space,
-        "seed": args.seed,
-        "clamp": not args.no_clamp,
         "n0": args.n0,
         "n": args.n,
         "alpha": args.alpha,
         "max_new_tokens": args.max_new_tokens or bench.max_new_tokens,
-        "batch_size": args.batch_size,
     }
     model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.model).name)
     out = args.out or Path("runs") / "certify" / args.benchmark / model_name
@@ -101,9 +100,10 @@ def _run_certify(args: argparse.Namespace) -> int:
         items,
         lambda: load_model(args.model, device=args.device, dtype=args.dtype),
         out,
-        sigmas=sigmas,
+        guard=args.guard,
+        sigmas=args.sigmas,
         settings=settings,
-        radii=radii,
+        radii=args.radii,
         progress=sys.stderr.isatty(),
     )
     if args.json:

@@ -1,110 +1,24 @@
-"""The ``smoothguard`` command. User mistakes print one line and exit 2; no tracebacks."""
+"""``smoothguard attack``: PGD against a model (targeted, universal, adaptive EOT, audio)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from smoothguard.attacks.pgd import NORMS
-from smoothguard.errors import SmoothGuardError, UnsupportedError
-from smoothguard.noise import NOISE_SPACES
-
-EXIT_USER_ERROR = 2
+from smoothguard.attacks import NORMS
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.errors import ConfigError, check_file
 
 
-def _quiet_transformers() -> None:
-    """Keep the terminal for our output: no weight-loading bars or backend warnings."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id or local model folder")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16 (default: auto)")
-
-
-def add_guard_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sigma", type=float, default=0.1, help="noise std in the units of --noise-space (default: 0.1, the paper's)"
-    )
-    parser.add_argument("--num-copies", type=int, default=10, help="noisy copies besides the clean one (default: 10)")
-    parser.add_argument(
-        "--noise-space",
-        choices=NOISE_SPACES,
-        default=None,
-        help="default: normalized for image models, waveform for audio models",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="noise and k-means seed (default: 0)")
-    parser.add_argument("--no-clamp", action="store_true", help="do not clamp noisy pixels/waveforms")
-    parser.add_argument(
-        "--embedder", default=None, help="answer embedder: minilm (default, packaged) or roberta-mean:PATH"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="most candidates per generate call (default: all in one)"
-    )
-
-
-def guard_from_args(model: Any, args: argparse.Namespace, *, num_copies: int | None = None) -> Any:
-    """A ``SmoothGuard`` from the options of ``add_guard_options``."""
-    from smoothguard import SmoothGuard
-
-    return SmoothGuard(
-        model,
-        sigma=args.sigma,
-        num_copies=args.num_copies if num_copies is None else num_copies,
-        noise_space=args.noise_space,
-        seed=args.seed,
-        clamp=not args.no_clamp,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothguard", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _registrars():
-        register(commands)
-    return parser
-
-
-def _registrars() -> list[Callable[[Any], None]]:
-    """One function per feature area that adds its subcommands (each area keeps its own CLI module)."""
-    from smoothguard.certify_cli import register as certification
-    from smoothguard.eval.cli import register as evaluation
-    from smoothguard.server.cli import register as serving
-    from smoothguard.testbed.cli import register as testbed
-
-    return [_add_generate_parser, _add_attack_parser, testbed, evaluation, certification, serving]
-
-
-def _add_generate_parser(commands: Any) -> None:
-    gen = commands.add_parser("generate", help="answer one prompt about an image or audio clip, defended")
-    add_model_options(gen)
-    media = gen.add_mutually_exclusive_group(required=True)
-    media.add_argument("--image", help="image file (PNG, JPEG, BMP, ...)")
-    media.add_argument("--audio", help="audio file (WAV, FLAC, OGG) for audio models")
-    gen.add_argument("--prompt", required=True)
-    add_guard_options(gen)
-    gen.add_argument("--no-defense", action="store_true", help="undefended baseline (same as --num-copies 0)")
-    gen.add_argument("--max-new-tokens", type=int, default=128, help="default: 128 (paper: POPE, MM-SafetyBench)")
-    gen.add_argument("--json", action="store_true", help="print the full result as JSON")
-    gen.set_defaults(run=_run_generate)
-
-
-def _add_attack_parser(commands: Any) -> None:
+def register(commands: Any) -> None:
     attack = commands.add_parser(
         "attack",
         help="PGD against a model: targeted, universal (several targets/prompts), adaptive (EOT), audio",
         description="Sign-gradient PGD on the input through the model's own preprocessing. Image eps/alpha are "
-        "in 1/255 pixel units, audio eps/alpha in amplitude units. The --sigma/--noise-space/--num-copies options "
-        "set SmoothGuard's noise for --eot-samples and the defense used by --check.",
+        "in 1/255 pixel units, audio eps/alpha in amplitude units. The SmoothGuard options set the noise for "
+        "--eot-samples and the defense used by --check.",
     )
     add_model_options(attack)
     media = attack.add_mutually_exclusive_group(required=True)
@@ -135,24 +49,20 @@ def _add_attack_parser(commands: Any) -> None:
     attack.add_argument("--check", action="store_true", help="decode the result undefended and with SmoothGuard")
     attack.add_argument("--max-new-tokens", type=int, default=64)
     attack.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    attack.set_defaults(run=_run_attack)
+    attack.set_defaults(precheck=check, run=run)
 
 
-def _run_generate(args: argparse.Namespace) -> int:
-    from smoothguard import load_model
-
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    guard = guard_from_args(model, args, num_copies=0 if args.no_defense else None)
-    result = guard.generate(args.prompt, image=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    print(result.text)
-    print(_summary_line(result.to_dict()), file=sys.stderr)
-    return 0
+def check(args: argparse.Namespace) -> None:
+    args.guard = guard_config(args)
+    if args.eot_samples < 0:
+        raise ConfigError(f"--eot-samples must be >= 0, got {args.eot_samples}")
+    check_file(args.image or args.audio, args.image or args.audio, kind="image" if args.image else "audio")
+    for name in ("prompts", "targets"):
+        if getattr(args, name):
+            check_file(getattr(args, name), getattr(args, name), kind=name[:-1])
 
 
-def _run_attack(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from smoothguard import SmoothGuard, load_model
     from smoothguard.attacks import (
         EOT,
@@ -166,6 +76,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         load_targets,
         save_adversarial,
     )
+    from smoothguard.errors import UnsupportedError
     from smoothguard.inputs import load_audio, load_image
 
     if args.out:
@@ -173,7 +84,7 @@ def _run_attack(args: argparse.Namespace) -> int:
     prompts = args.prompt or load_prompts(args.prompts)
     targets = [args.target] if args.target else load_targets(args.targets) if args.targets else None
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    guard = guard_from_args(model, args)
+    guard = SmoothGuard(model, args.guard)
     audio = args.audio is not None
     if ("audio" if audio else "image") != model.modality:
         raise UnsupportedError(f"{model.name} is an {model.modality} model: pass --{model.modality}")
@@ -187,7 +98,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         )
         objective = AwayObjective(reference)
     else:
-        objective = TargetObjective.of(targets, args.targets_per_step, args.seed)
+        objective = TargetObjective.of(targets, args.targets_per_step, args.guard.seed)
     attack_class = WaveformPGD if audio else PGD
     attack = attack_class(
         eps=None if args.unconstrained else (args.eps if args.eps is not None else 0.01 if audio else 32),
@@ -198,7 +109,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         eot=EOT.from_guard(guard, args.eot_samples) if args.eot_samples else None,
         early_stop=not args.no_early_stop,
         check_every=args.check_every,
-        seed=args.seed,
+        seed=args.guard.seed,
         checkpoint_every=args.checkpoint_every,
         progress=sys.stderr.isatty(),
     )
@@ -239,37 +150,3 @@ def _run_attack(args: argparse.Namespace) -> int:
         print(f"[check] undefended: {check['undefended']['answer']!r}", file=sys.stderr)
         print(f"[check] smoothguard: {check['smoothguard']['answer']!r}", file=sys.stderr)
     return 0
-
-
-def _summary_line(result: dict[str, Any]) -> str:
-    config, timings = result["config"], result["timings"]
-    candidates = len(result["candidates"])
-    if config["num_copies"] == 0:
-        return f"[undefended] generate {timings['generate']:.2f}s"
-    majority = round(result["majority_fraction"] * candidates)
-    return (
-        f"[smoothguard] majority {majority}/{candidates} ({result['majority_fraction']:.2f}), "
-        f"{result['num_distinct']} distinct answers, noise {config['noise_space']} sigma={config['sigma']}, "
-        f"generate {timings['generate']:.2f}s, embed+cluster {timings['embed'] + timings['cluster']:.2f}s"
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _quiet_transformers()
-        return args.run(args)
-    except SmoothGuardError as exc:
-        print(f"smoothguard: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except BrokenPipeError:
-        # The reader went away (e.g. ``| head``); nothing more to say.
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print("smoothguard: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

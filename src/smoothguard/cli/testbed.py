@@ -1,4 +1,4 @@
-"""``smoothguard testbed data|train|evaluate`` and ``smoothguard demo``."""
+"""``smoothguard testbed data|train|evaluate`` and ``smoothguard demo`` (the testbed's main job)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from smoothguard.cli.options import add_guard_options, guard_config
+from smoothguard.config import GuardConfig
 
 
 def register(commands: Any) -> None:
@@ -41,10 +44,9 @@ def register(commands: Any) -> None:
     demo.add_argument("--attack-steps", type=int, default=300)
     demo.add_argument("--adaptive-steps", type=int, default=100)
     demo.add_argument("--eot-samples", type=int, default=4)
-    demo.add_argument("--sigma", type=float, default=0.1, help="normalized-space sigma (default: 0.1, the paper's)")
-    demo.add_argument("--num-copies", type=int, default=10)
+    add_guard_options(demo, defaults=GuardConfig(noise_space="normalized"))
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.set_defaults(run=_run_demo)
+    demo.set_defaults(precheck=_check_demo, run=_run_demo)
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -101,6 +103,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_demo(args: argparse.Namespace) -> None:
+    args.guard = guard_config(args)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from smoothguard.testbed.demo import DemoConfig, format_table, run_demo
 
@@ -109,8 +115,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         attack_steps=args.attack_steps,
         adaptive_steps=args.adaptive_steps,
         eot_samples=args.eot_samples,
-        sigma=args.sigma,
-        num_copies=args.num_copies,
+        guard=args.guard,
     )
     summary = run_demo(config, args.out, progress=sys.stderr.isatty())
     if args.json:

@@ -1,7 +1,7 @@
-"""Answer parsers: free-text answers -> discrete labels, the classes that ``smoothguard.certify`` votes on.
+"""Answer parsers: free-text answers -> discrete labels, the classes that certification votes on.
 
-A parser is any callable ``str -> str`` (these also carry a ``name``). Kept apart from ``certify`` because
-they reuse the evaluation package's parsing, which imports the guard.
+A parser is any callable ``str -> str`` (these also carry a ``name``); they reuse the evaluation package's
+parsing (POPE's yes/no, the refusal judge).
 """
 
 from __future__ import annotations

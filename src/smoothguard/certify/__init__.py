@@ -1,0 +1,27 @@
+"""Certified answers (randomized smoothing, Cohen et al. 2019) over the guard's own sampling.
+
+- ``core``: ``predict`` / ``certify`` (PREDICT and CERTIFY) and their statistics on label counts;
+- ``answers``: parsers from free text to labels (yes/no, choice letter, refusal);
+- ``run``: certify a yes/no benchmark resumably and tabulate certified accuracy against radius.
+"""
+
+from smoothguard.lazy import lazy_exports
+
+_EXPORTS = {
+    "AnswerParser": "smoothguard.certify.core",
+    "Certificate": "smoothguard.certify.core",
+    "ChoiceParser": "smoothguard.certify.answers",
+    "DEFAULT_BATCH_SIZE": "smoothguard.certify.core",
+    "Prediction": "smoothguard.certify.core",
+    "RADIUS_UNITS": "smoothguard.certify.core",
+    "RefusalParser": "smoothguard.certify.answers",
+    "YesNoParser": "smoothguard.certify.answers",
+    "certified_radius": "smoothguard.certify.core",
+    "certify": "smoothguard.certify.core",
+    "certify_from_counts": "smoothguard.certify.core",
+    "noisy_answers": "smoothguard.certify.core",
+    "predict": "smoothguard.certify.core",
+    "predict_from_counts": "smoothguard.certify.core",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

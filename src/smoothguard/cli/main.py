@@ -1,0 +1,59 @@
+"""The ``smoothguard`` command. User mistakes print one line and exit 2; no tracebacks.
+
+Each subcommand module declares its options in ``register`` (cheap: argparse only), checks what needs no
+model in its ``precheck`` and imports what its ``run`` needs when it runs, so ``--help`` and option mistakes answer before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from smoothguard.cli import attack, certify, evaluate, generate, serve, testbed
+from smoothguard.cli.options import EXIT_USER_ERROR
+from smoothguard.errors import SmoothGuardError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = (generate, attack, testbed, evaluate, certify, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smoothguard", description="SmoothGuard: defend multimodal LLMs with noise and clustering."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(commands)
+    return parser
+
+
+def _quiet_transformers() -> None:
+    """Keep the terminal for our output: no weight-loading bars or backend warnings."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "precheck"):
+            args.precheck(args)  # option checks that need no model: before anything heavy is imported
+        _quiet_transformers()
+        return args.run(args)
+    except SmoothGuardError as exc:
+        print(f"smoothguard: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader went away (e.g. ``| head``); nothing more to say.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("smoothguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Options shared by the subcommands: the model's, and the guard's, built once from ``GuardConfig``'s fields.
+
+Nothing heavy is imported here: parsing the command line (and ``--help``) needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Collection
+from typing import Any
+
+from smoothguard.config import GuardConfig
+from smoothguard.noise import NOISE_SPACES
+
+#: Exit status of a user mistake (bad option, missing file, unknown model, ...).
+EXIT_USER_ERROR = 2
+
+#: argparse settings of each GuardConfig field that is not a plain number; the help is the field's.
+_SPECIAL: dict[str, dict[str, Any]] = {
+    "noise_space": {"choices": NOISE_SPACES},
+    "clamp": {"flags": ("--no-clamp",), "action": "store_false"},
+    "embedder": {},
+    "batch_size": {"type": int},
+    "adaptive": {"action": "store_true"},
+}
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id or local model folder")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16 (default: auto)")
+
+
+def add_guard_options(
+    parser: argparse.ArgumentParser, *, defaults: GuardConfig | None = None, exclude: Collection[str] = ()
+) -> None:
+    """One option per ``GuardConfig`` field (``--sigma``, ``--num-copies``, ``--noise-space``, ``--seed``,
+    ``--no-clamp``, ``--num-clusters``, ``--embedder``, ``--batch-size``, ``--adaptive``) but those in
+    ``exclude``, defaulting to ``defaults``' values; :func:`guard_config` reads them back."""
+    defaults = defaults or GuardConfig()
+    group = parser.add_argument_group("SmoothGuard")
+    fields = [field for field in dataclasses.fields(GuardConfig) if field.name not in exclude]
+    for field in fields:
+        special = dict(_SPECIAL.get(field.name, {"type": type(field.default)}))
+        flags = special.pop("flags", (f"--{field.name.replace('_', '-')}",))
+        default = getattr(defaults, field.name)
+        if field.name == "adaptive":
+            default = default is not None
+        group.add_argument(*flags, dest=field.name, default=default, help=field.metadata["help"], **special)
+    parser.set_defaults(guard_defaults=defaults, guard_fields=tuple(field.name for field in fields))
+
+
+def guard_config(args: argparse.Namespace, **changes: Any) -> GuardConfig:
+    """The ``GuardConfig`` of the options :func:`add_guard_options` added (validated), with ``changes``."""
+    defaults: GuardConfig = args.guard_defaults
+    given = {name: getattr(args, name) for name in args.guard_fields}
+    if "adaptive" in given:
+        given["adaptive"] = defaults.adaptive or True if given["adaptive"] else None
+    return defaults.replace(**{**given, **changes})

@@ -1,0 +1,106 @@
+"""``GuardConfig``: every setting of SmoothGuard in one frozen, validated dataclass.
+
+Each field's ``metadata["help"]`` is the help text of its command-line option; ``smoothguard.cli.options``
+builds the options of every command from these fields, so a setting is declared once, here.
+Importing this module costs nothing heavy (no torch), so the command line checks options before any
+model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from smoothguard.errors import ConfigError, check_int
+from smoothguard.noise import NOISE_SPACES, validate_sigma
+from smoothguard.sampling import AdaptiveSampling
+
+#: Seeds must fit k-means' ``random_state`` (and the noise generator): [0, 2**32).
+MAX_SEED = 2**32
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """How SmoothGuard answers (see ``smoothguard.guard.SmoothGuard``).
+
+    ``sigma``: noise std in ``noise_space`` units (``smoothguard.noise``); paper: 0.1 normalized.
+    ``num_copies``: noisy copies besides the clean candidate; 0 = the undefended baseline.
+    ``noise_space``: ``normalized`` | ``pixel`` | ``waveform``; ``None`` = the model's default, which
+    ``SmoothGuard`` resolves (``guard.config.noise_space`` is always concrete).
+    ``seed``: noise (per-copy rule of ``smoothguard.noise``) and k-means seed, in [0, 2**32).
+    ``clamp``: clamp noisy pixels to [0, 1] and waveforms to [-1, 1] (not used in normalized space).
+    ``num_clusters``: k of k-means (paper: 2). ``embedder``: ``None`` (packaged all-MiniLM-L6-v2),
+    ``"minilm"`` or ``"roberta-mean:PATH"``. ``batch_size``: most candidates per ``generate`` call
+    (``None``: all candidates of all queries in one). ``adaptive``: ``None`` (the paper: answer every
+    copy) or an ``AdaptiveSampling`` stopping rule (``True`` = its defaults).
+    """
+
+    sigma: float = field(default=0.1, metadata=_help("noise std in the units of --noise-space (default: %(default)s)"))
+    num_copies: int = field(default=10, metadata=_help("noisy copies besides the clean one (default: %(default)s)"))
+    noise_space: str | None = field(
+        default=None, metadata=_help("default: the model's (normalized for local image models, waveform for audio)")
+    )
+    seed: int = field(default=0, metadata=_help("noise and k-means seed (default: %(default)s)"))
+    clamp: bool = field(default=True, metadata=_help("do not clamp noisy pixels/waveforms"))
+    num_clusters: int = field(default=2, metadata=_help("k of k-means over the answers (default: %(default)s)"))
+    embedder: str | None = field(
+        default=None, metadata=_help("answer embedder: minilm (default, packaged) or roberta-mean:PATH")
+    )
+    batch_size: int | None = field(
+        default=None, metadata=_help("most candidates per generate call (default: %(default)s; None = all in one)")
+    )
+    adaptive: AdaptiveSampling | None = field(
+        default=None, metadata=_help("stop answering copies once the vote is decided (adaptive sampling)")
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", validate_sigma(self.sigma))
+        if self.noise_space is not None and self.noise_space not in NOISE_SPACES:
+            raise ConfigError(f"unknown noise space {self.noise_space!r}; choose one of {', '.join(NOISE_SPACES)}")
+        check_int("num_copies", self.num_copies, minimum=0)
+        if check_int("seed", self.seed, minimum=0) >= MAX_SEED:
+            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
+        check_int("num_clusters", self.num_clusters, minimum=1)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, minimum=1)
+        if not isinstance(self.clamp, bool):
+            raise ConfigError(f"clamp must be True or False, got {self.clamp!r}")
+        if self.embedder is not None and (not isinstance(self.embedder, str) or not self.embedder.strip()):
+            raise ConfigError(f"embedder must be a non-empty spec string or None, got {self.embedder!r}")
+        if self.adaptive is True:
+            object.__setattr__(self, "adaptive", AdaptiveSampling())
+        elif self.adaptive is False:
+            object.__setattr__(self, "adaptive", None)
+        elif self.adaptive is not None and not isinstance(self.adaptive, AdaptiveSampling):
+            raise ConfigError(f"adaptive must be True, False or an AdaptiveSampling, got {self.adaptive!r}")
+
+    @classmethod
+    def of(cls, **settings: Any) -> GuardConfig:
+        """``GuardConfig(**settings)``, with a ConfigError (not a TypeError) for an unknown setting."""
+        unknown = sorted(set(settings) - set(cls.names()))
+        if unknown:
+            raise ConfigError(f"unknown guard setting(s) {', '.join(unknown)}; known: {', '.join(cls.names())}")
+        return cls(**settings)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> GuardConfig:
+        """A copy with ``changes`` (validated like a new config)."""
+        return GuardConfig.of(**{**{name: getattr(self, name) for name in self.names()}, **changes})
+
+    @property
+    def defended(self) -> bool:
+        """Whether any noisy copy is answered (``num_copies > 0``)."""
+        return self.num_copies > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings; ``adaptive`` appears only when it is on."""
+        data = {name: getattr(self, name) for name in self.names() if name != "adaptive"}
+        return data if self.adaptive is None else {**data, "adaptive": self.adaptive.to_dict()}

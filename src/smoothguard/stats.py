@@ -1,0 +1,61 @@
+"""Binomial statistics: Clopper–Pearson bounds and the two-sided binomial test (scipy, imported on use).
+
+Used by certification (lower bounds, PREDICT's test), adaptive sampling (the stopping rule) and every
+rate a report prints with its 95% interval.
+"""
+
+from __future__ import annotations
+
+from smoothguard.errors import ConfigError, check_int
+
+
+def validate_alpha(alpha: object) -> float:
+    """``alpha`` as a float; ConfigError unless it is a number in (0, 1)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"alpha must be a number in (0, 1), e.g. 0.001; got {alpha!r}")
+    return float(alpha)
+
+
+def _check_counts(k: int, n: int) -> None:
+    check_int("n", n, minimum=1)
+    check_int("k", k, minimum=0)
+    if k > n:
+        raise ConfigError(f"k must be <= n, got k={k}, n={n}")
+
+
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper–Pearson lower bound on a binomial proportion after ``k`` successes in
+    ``n`` trials: the ``alpha`` quantile of Beta(k, n - k + 1); 0 when k = 0."""
+    _check_counts(k, n)
+    validate_alpha(alpha)
+    from scipy.stats import beta
+
+    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+
+
+def clopper_pearson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper–Pearson interval for ``k`` successes in ``n`` trials at ``confidence``
+    (exact: each tail holds at most ``(1 - confidence) / 2``)."""
+    _check_counts(k, n)
+    tail = validate_alpha(1 - confidence) / 2
+    from scipy.stats import beta
+
+    low = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
+    return low, high
+
+
+def binomial_test(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided exact binomial test of ``k`` successes in ``n`` trials against success probability ``p``:
+    its p-value."""
+    _check_counts(k, n)
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, p).pvalue)
+
+
+def normal_quantile(p: float) -> float:
+    """``Phi^-1(p)``, the standard normal quantile of ``p`` in (0, 1)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(p))
