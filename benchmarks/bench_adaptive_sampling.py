@@ -25,9 +25,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 import transformers
 
-from smoothguard import SmoothGuard, load_model
-from smoothguard.answers import YesNoParser
-from smoothguard.certify import AdaptiveSampling
+from smoothguard import AdaptiveSampling, SmoothGuard, load_model
+from smoothguard.certify import YesNoParser
 from smoothguard.embed import MiniLMEmbedder
 from smoothguard.eval.base import get_benchmark
 
@@ -101,7 +100,8 @@ def main() -> None:
             f"{row['text_agreement']:>10.3f} {row['yes_no_agreement']:>12.3f} "
             f"{row['full_seconds_per_item']:>11.3f} {row['adaptive_seconds_per_item']:>15.3f}"
         )
-    where = f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    where = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, torch {torch.__version__}"
     print(f"({where}; seconds include generate, embed and cluster)")
     if args.json:
         print(json.dumps({"machine": where, "rows": rows}, indent=2))

@@ -59,7 +59,8 @@ def interleaved_medians(arms: dict[str, Callable[[], object]], repeats: int) -> 
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -92,7 +93,7 @@ def main() -> None:
     prompt = "What is in the image?"
     baseline = SmoothGuard(model, num_copies=0)
     guard = SmoothGuard(model, sigma=0.1, num_copies=args.num_copies)
-    queries = guard.candidates(prompt, image)
+    queries = guard.candidates(guard.prepare([prompt], [image])[0], range(args.num_copies))
     guard.embedder  # load once, outside the timings  # noqa: B018
 
     results = []

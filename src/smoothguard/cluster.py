@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from smoothguard.errors import ConfigError
 
@@ -119,6 +118,8 @@ def aggregate(
     if k == 1:
         unique_raw = np.zeros(num_distinct, dtype=np.intp)
     else:
+        from sklearn.cluster import KMeans  # imported on first use: sklearn costs ~0.9 s to import
+
         kmeans = KMeans(n_clusters=k, n_init=N_INIT, random_state=int(seed))
         unique_raw = kmeans.fit_predict(unique_x, sample_weight=counts)
     raw = unique_raw[inverse]

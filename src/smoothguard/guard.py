@@ -204,11 +204,11 @@ class SmoothGuard:
                 max_new_tokens,
                 generate_kwargs,
             )
-            embedded = time.perf_counter()
+            embedding = time.perf_counter()
             flat = [answer for part in parts for answer in part]
             # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
             embeddings = self.embedder.embed(flat) if num_copies else np.zeros((len(flat), 1), np.float32)
-            spent["embed"] += time.perf_counter() - embedded
+            spent["embed"] += time.perf_counter() - embedding
             offset = 0
             for i, part in zip(active, parts, strict=True):
                 groups[i] += part

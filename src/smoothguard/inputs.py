@@ -24,7 +24,6 @@ import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image, ImageOps
-from scipy.signal import resample_poly
 
 from smoothguard.errors import DEFAULT_MAX_FILE_BYTES, InputError, check_file
 
@@ -394,6 +393,8 @@ def _resample(mono: torch.Tensor, rate: int, target_rate: int, label: str) -> to
             f"pass it at {target_rate} Hz"
         )
     step = math.gcd(rate, target_rate)
+    from scipy.signal import resample_poly  # imported on first use (scipy is slow to import)
+
     resampled = resample_poly(mono.cpu().numpy(), target_rate // step, rate // step)
     return torch.from_numpy(np.clip(resampled, -1.0, 1.0).astype(np.float32))
 

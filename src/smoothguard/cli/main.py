@@ -1,7 +1,8 @@
 """The ``smoothguard`` command. User mistakes print one line and exit 2; no tracebacks.
 
 Each subcommand module declares its options in ``register`` (cheap: argparse only), checks what needs no
-model in its ``precheck`` and imports what its ``run`` needs when it runs, so ``--help`` and option mistakes answer before torch is imported.
+model in its ``precheck`` and imports what its ``run`` needs when it runs, so ``--help`` and option
+mistakes answer before torch is imported.
 """
 
 from __future__ import annotations

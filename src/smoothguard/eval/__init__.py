@@ -1,8 +1,8 @@
 """Evaluation: benchmarks, judges, a resumable runner, sigma sweeps and plots.
 
 Benchmarks are registered by name; ``smoothguard eval NAME`` and ``smoothguard sweep NAME`` run any
-registered one. Built in: ``pope``, ``mm-safety``, ``llava-bench``, and the testbed's ``testbed-pope`` and
-``testbed-safety`` (``smoothguard.testbed.benchmarks``).
+registered one. Built in: ``pope``, ``mm-safety``, ``llava-bench``; the testbed adds ``testbed-pope`` and
+``testbed-safety`` through the entry-point group ``smoothguard.benchmarks``, as any plug-in does.
 
 Adding a benchmark (also from another package)::
 

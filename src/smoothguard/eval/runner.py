@@ -53,14 +53,16 @@ class GuardSpec:
     def defended(self) -> bool:
         return self.guard.defended
 
-    def settings(self) -> dict[str, Any]:
-        """The part of the run settings that shapes the answers, with the noise space resolved."""
+    def settings(self, adapter: MLLMAdapter | None = None) -> dict[str, Any]:
+        """The part of the run settings that shapes the answers, with the noise space resolved: from
+        ``adapter`` when it is loaded already, else from the checkpoint's config (no weights loaded)."""
         from smoothguard.models.auto import resolve_noise_space
 
         model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         guard: dict[str, Any] = {"model": model, "dtype": self.dtype, "defense": None}
         if self.defended:
-            config = self.guard.replace(noise_space=resolve_noise_space(self.model, self.guard.noise_space))
+            space = self.guard.noise_space or (adapter.default_noise_space if adapter else None)
+            config = self.guard.replace(noise_space=resolve_noise_space(self.model, space))
             shaping = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_SETTINGS}
             guard["defense"] = shaping
         return guard
@@ -103,7 +105,7 @@ def evaluate(
     adapter, or a zero-argument loader called only if there is work left (default: ``spec.load_model``).
     ``limit``: the first N items only; ``shard``: ``(i, n)`` of those. ``questions_per_batch``: items
     guarded per ``generate_batch`` call (all their candidates in one ``generate``, capped by
-    ``spec.batch_size``). ``progress``: a tqdm bar (``None``: only on a terminal).
+    ``spec.guard.batch_size``). ``progress``: a tqdm bar (``None``: only on a terminal).
     """
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     options = {key: value for key, value in (options or {}).items() if value is not None}
@@ -128,7 +130,7 @@ def evaluate(
         "benchmark": bench.name,
         "data": str(data_dir.resolve()) if data_dir is not None else None,
         "options": _jsonable(options),
-        "guard": spec.settings(),
+        "guard": spec.settings(model if isinstance(model, MLLMAdapter) else None),
         "max_new_tokens": tokens,
         "judge": judge.identity() if judge else None,
     }
