@@ -257,6 +257,11 @@ def test_certify_cli_writes_records_table_and_plot_and_resumes(capsys, tmp_path,
     assert json.loads(capsys.readouterr().out)["rows"] == summary["rows"]
     assert len((out / "sigma-0.01" / "records.jsonl").read_text().splitlines()) == 3
 
+    assert summary["settings"]["sigmas"] == [0.01, 0.5] and "sigma" not in summary["settings"]["guard"]
+    assert summary["settings"]["guard"]["noise_space"] == "pixel" and summary["settings"]["guard"]["seed"] == 0
+    assert main([*args, "--batch-size", "2"]) == 0  # the batch size does not shape the records: resumes
+    assert json.loads(capsys.readouterr().out)["rows"] == summary["rows"]
+
     assert main(certify_args(tiny_llava_dir, data, out, "--sigma", "0.01", "--alpha", "0.01")) == EXIT_USER_ERROR
     assert "other settings" in capsys.readouterr().err
 

@@ -52,7 +52,8 @@ def certify_items(
     if guard.noise_space is None:
         raise ConfigError("certification needs an explicit noise space: it sets the units of the radius")
     guard = guard.replace(num_copies=0, adaptive=None)
-    settings = {**settings, "guard": guard.to_dict()}
+    noise = {key: value for key, value in guard.to_dict().items() if key != "sigma"}
+    settings = {**settings, "sigmas": list(sigmas), "guard": noise}
     started = time.perf_counter()
     rows, plotted = [], {}
     for sigma in sigmas:
@@ -190,9 +191,10 @@ def _title(settings: dict[str, Any]) -> str:
 
 
 def _shaping(settings: dict[str, Any], sigma: float) -> dict[str, Any]:
-    """The settings that shape the records at ``sigma`` (the batch size does not)."""
-    guard = {key: value for key, value in settings["guard"].items() if key not in ("sigma", "batch_size")}
-    return {**settings, "guard": guard, "sigma": sigma}
+    """The settings that shape the records at ``sigma`` (the batch size and the other sigmas do not)."""
+    guard = {key: value for key, value in settings["guard"].items() if key != "batch_size"}
+    shaping = {key: value for key, value in settings.items() if key != "sigmas"}
+    return {**shaping, "guard": guard, "sigma": sigma}
 
 
 def _write_table(rows: Sequence[dict[str, Any]], radii: Sequence[float], path: Path) -> Path:
