@@ -133,14 +133,14 @@ def test_certify_returns_a_radius_when_the_answers_agree(tiny_llava, image_file)
     assert predict(guard, PROMPT, image_file, same, n=30, alpha=0.001, max_new_tokens=4).answer == "clean"
 
 
-def test_certify_abstains_when_the_answers_split_evenly_and_is_reproducible(tiny_llava, image_file):
-    # Pixel sigma 20 (clamped) leaves little of the image: this tiny model's answers then split about
-    # evenly between its clean answer and others (checked: 30 / 30 with seed 1).
+def test_certify_abstains_when_the_answers_split_and_is_reproducible(tiny_llava, image_file):
+    # Pixel sigma 1.0 (the largest allowed, clamped) leaves little of the image: this tiny model's answers
+    # then split between its clean answer and others (checked: 40 / 20 with seed 3), too close to call.
     clean = SmoothGuard(tiny_llava, num_copies=0).generate(PROMPT, image=image_file, max_new_tokens=4).text
     same = lambda answer: "clean" if answer == clean else "other"  # noqa: E731
-    guard = SmoothGuard(tiny_llava, sigma=20.0, noise_space="pixel", seed=1)
+    guard = SmoothGuard(tiny_llava, sigma=1.0, noise_space="pixel", seed=3)
     first = certify(guard, PROMPT, image_file, same, n0=10, n=60, max_new_tokens=4)
-    assert abs(first.counts["clean"] - first.counts["other"]) <= 6
+    assert min(first.counts.values()) >= 15
     assert first.abstained and first.radius == 0.0 and first.p_lower <= 0.5
     again = certify(guard, PROMPT, image_file, same, n0=10, n=60, max_new_tokens=4)
     assert again.to_dict() == first.to_dict()
@@ -213,8 +213,9 @@ def test_adaptive_uses_every_copy_when_the_answers_split(tiny_llava, minilm, ima
 
 
 def test_adaptive_batch_equals_one_by_one(tiny_llava, minilm, image_file):
-    # At normalized sigma 0.3 this tiny model's vote is decided early for the first prompt, not the second.
-    guard = SmoothGuard(tiny_llava, sigma=0.3, num_copies=10, embedder=minilm, adaptive=True, batch_size=4)
+    # At normalized sigma 0.4, seed 1, this tiny model's vote is decided early for the first prompt, not the
+    # second.
+    guard = SmoothGuard(tiny_llava, sigma=0.4, seed=1, num_copies=10, embedder=minilm, adaptive=True, batch_size=4)
     prompts = ["Hi?", "Is there a dog?"]
     together = guard.generate_batch(prompts, [image_file] * 2, max_new_tokens=4)
     alone = [guard.generate(p, image=image_file, max_new_tokens=4) for p in prompts]

@@ -25,6 +25,9 @@ PROMPT = "What is in the image?"
     [
         ({"sigma": -1}, "sigma"),
         ({"sigma": float("nan")}, "sigma"),
+        ({"sigma": 1.5, "noise_space": "pixel"}, "largest sensible value in pixel space"),
+        ({"sigma": 4.5, "noise_space": "normalized"}, "largest sensible value in normalized space"),
+        ({"sigma": 1e9, "noise_space": "waveform"}, "largest sensible value in waveform space"),
         ({"noise_space": "latent"}, "noise space"),
         ({"num_copies": -1}, "num_copies"),
         ({"num_copies": 2.0}, "num_copies"),
@@ -44,7 +47,10 @@ def test_config_refuses_bad_settings(settings, message):
 
 def test_config_defaults_replace_and_dict():
     config = GuardConfig()
-    assert (config.sigma, config.num_copies, config.noise_space, config.num_clusters) == (0.1, 10, None, 2)
+    assert (config.sigma, config.num_copies, config.noise_space, config.num_clusters) == (None, 10, None, 2)
+    assert config.resolve("normalized").sigma == 0.1 and config.resolve("pixel").sigma == 0.027
+    assert config.replace(sigma=0.3).resolve("pixel") == GuardConfig(sigma=0.3, noise_space="pixel")
+    assert GuardConfig(noise_space="waveform").resolve("pixel").noise_space == "waveform"
     assert config.defended and not config.replace(num_copies=0).defended
     assert config.replace(adaptive=True).adaptive == AdaptiveSampling()
     assert config.replace(adaptive=False).adaptive is None
@@ -222,7 +228,6 @@ def test_eval_records_the_resolved_noise_space(tmp_path, tiny_llava, tiny_llava_
     spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=1))
     summary = evaluate("pope", spec, tmp_path / "run", data=pope, model=tiny_llava, max_new_tokens=2, limit=1)
     defense = summary["settings"]["guard"]["defense"]
-    assert defense["noise_space"] == "normalized"
-    assert defense == {
-        k: v for k, v in GuardConfig(num_copies=1, noise_space="normalized").to_dict().items() if k != "batch_size"
-    }
+    assert defense["noise_space"] == "normalized" and defense["sigma"] == 0.1
+    expected = GuardConfig(num_copies=1).resolve("normalized").to_dict()
+    assert defense == {k: v for k, v in expected.items() if k != "batch_size"}

@@ -36,6 +36,17 @@ def test_pixel_path_matches_processor(tiny_llava, height, width):
     assert difference.max() < 0.06
 
 
+@pytest.mark.parametrize(("height", "width"), [(60, 80), (200, 120), (17, 45), (25, 30), (97, 123)])
+def test_pixel_path_follows_pil_on_noise(tiny_llava, height, width):
+    # Bicubic overshoots past 0 and 1 on noise; PIL clamps to 8 bits after each 1-D pass (width first)
+    # and so do we, which leaves only PIL's rounding: under 1.5/255 pixel units everywhere.
+    image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    reference = tiny_llava.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    ours = tiny_llava.preprocess(load_image(image).unsqueeze(0))["pixel_values"]
+    std = torch.tensor(tiny_llava.mean_std[1]).view(1, -1, 1, 1)
+    assert ((ours - reference).abs() * std * 255).max() < 1.5
+
+
 def test_pixel_path_is_differentiable(tiny_llava):
     pixels = torch.rand(2, 3, 40, 50, requires_grad=True)
     tiny_llava.preprocess(pixels)["pixel_values"].square().sum().backward()

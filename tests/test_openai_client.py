@@ -17,6 +17,7 @@ import pytest
 from smoothguard.errors import ConfigError, SmoothGuardError
 from smoothguard.openai_client import (
     RETRY_STATUSES,
+    ChatReply,
     OpenAIClient,
     UpstreamError,
     chat_endpoint,
@@ -103,7 +104,7 @@ def failure(client: OpenAIClient, **options: Any) -> UpstreamError:
 def test_retries_transient_statuses_then_succeeds(status):
     with scripted((status, {"error": {"message": "busy"}}), (status, "busy"), " ok ") as server:
         client = OpenAIClient(f"{server.url}/v1", max_retries=2, backoff=0)
-        assert client.chat(PAYLOAD) == " ok "  # the content as sent; callers strip if they want
+        assert client.chat(PAYLOAD).content == " ok "  # the content as sent; callers strip if they want
     assert server.paths == ["/v1/chat/completions"] * 3
     assert all(body == PAYLOAD for _, _, body in server.requests)
 
@@ -136,7 +137,7 @@ def test_a_refused_key_is_named_and_not_retried(status):
 
 def test_no_key_sends_no_authorization_header():
     with scripted("ok") as server:
-        assert OpenAIClient(f"{server.url}/v1").chat(PAYLOAD) == "ok"
+        assert OpenAIClient(f"{server.url}/v1").chat(PAYLOAD).content == "ok"
     headers = server.requests[0][1]
     assert "Authorization" not in headers and headers["Content-Type"] == "application/json"
 
@@ -182,8 +183,21 @@ def test_non_text_content_fails_and_null_content_is_empty():
         client = OpenAIClient(f"{server.url}/v1", max_retries=3, backoff=0)
         error = failure(client)
         assert error.status == 200 and "sent a non-text message content: [{'type': 'text'" in str(error)
-        assert client.chat(PAYLOAD) == ""
+        assert client.chat(PAYLOAD).content == ""
     assert len(server.requests) == 2
+
+
+def test_the_reply_carries_finish_reason_and_usage():
+    full = completion("cut sho")
+    full["choices"][0]["finish_reason"] = "length"
+    full["usage"] = {"prompt_tokens": 612, "completion_tokens": 4, "total_tokens": 616}
+    odd = completion("ok")
+    odd["usage"] = {"prompt_tokens": "many", "completion_tokens": -1}
+    with scripted((200, full), (200, odd), "plain") as server:
+        client = OpenAIClient(f"{server.url}/v1")
+        assert client.chat(PAYLOAD) == ChatReply("cut sho", "length", 612, 4)
+        assert client.chat(PAYLOAD) == ChatReply("ok", None, None, None)  # nonsense counts are dropped
+        assert client.chat(PAYLOAD) == ChatReply("plain")
 
 
 def test_unreachable_endpoint_is_retried_then_reported():
@@ -195,7 +209,10 @@ def test_unreachable_endpoint_is_retried_then_reported():
 
 def test_a_timeout_is_retried_then_reported():
     with scripted(HOLD, "late but fine") as server:
-        assert OpenAIClient(f"{server.url}/v1", timeout=0.2, max_retries=1, backoff=0).chat(PAYLOAD) == "late but fine"
+        assert (
+            OpenAIClient(f"{server.url}/v1", timeout=0.2, max_retries=1, backoff=0).chat(PAYLOAD).content
+            == "late but fine"
+        )
         assert len(server.requests) == 2
     with scripted(HOLD) as server:
         error = failure(OpenAIClient(f"{server.url}/v1", timeout=0.2, max_retries=0))
@@ -216,7 +233,7 @@ def test_should_stop_ends_the_retries_with_the_last_failure():
 def test_the_base_url_or_the_full_url(suffix):
     with scripted("ok") as server, OpenAIClient(server.url + suffix) as client:
         assert client.endpoint == f"{server.url}/v1/chat/completions"
-        assert client.chat(PAYLOAD) == "ok"
+        assert client.chat(PAYLOAD).content == "ok"
     assert server.paths == ["/v1/chat/completions"]
     assert chat_endpoint("https://api.openai.com/v1") == "https://api.openai.com/v1/chat/completions"
 
@@ -252,14 +269,14 @@ def _proxy_env(monkeypatch, proxy: str) -> None:
 def test_loopback_hosts_bypass_the_proxy_settings(monkeypatch):
     _proxy_env(monkeypatch, closed_port_url())  # a proxy that is down: using it would fail
     with scripted("direct") as server:
-        assert OpenAIClient(f"{server.url}/v1", max_retries=0).chat(PAYLOAD) == "direct"
+        assert OpenAIClient(f"{server.url}/v1", max_retries=0).chat(PAYLOAD).content == "direct"
     assert server.paths == ["/v1/chat/completions"]
 
 
 def test_other_hosts_go_through_the_proxy_settings(monkeypatch):
     with scripted("proxied") as proxy:
         _proxy_env(monkeypatch, proxy.url)
-        assert OpenAIClient("http://upstream.invalid/v1", max_retries=0).chat(PAYLOAD) == "proxied"
+        assert OpenAIClient("http://upstream.invalid/v1", max_retries=0).chat(PAYLOAD).content == "proxied"
     assert proxy.paths == ["http://upstream.invalid/v1/chat/completions"]  # the absolute form a proxy gets
 
 

@@ -6,10 +6,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from smoothguard import ModelLoadError
 from smoothguard.models.auto import load_model
 from smoothguard.models.image import to_uint8_image
 from smoothguard.models.qwen_vl import QwenVLAdapter
@@ -140,3 +145,64 @@ def test_slice_media_round_trips(adapter: QwenVLAdapter) -> None:
         single = adapter.preprocess(image[None])
         assert piece["image_grid_thw"].shape == (1, 3)
         assert torch.allclose(piece["pixel_values"], single["pixel_values"], atol=1e-6)
+
+
+# The preprocessor_config.json of the first Qwen/Qwen2.5-VL-*-Instruct uploads: it names a class that
+# transformers 5 does not have (Qwen2_5_VLImageProcessor; both versions use Qwen2VLImageProcessor).
+EARLY_QWEN2_5_VL_PREPROCESSOR = {
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2_5_VLImageProcessor",
+    "processor_class": "Qwen2_5_VLProcessor",
+}
+
+
+def early_checkpoint(folder: Path, image_processor_type: str) -> Path:
+    """A tiny Qwen2.5-VL saved as the early hub checkpoints were: the image processor settings in
+    ``preprocessor_config.json`` (no ``processor_config.json``, whose nested settings would win)."""
+    save_tiny_qwen_vl(folder, version="2.5")
+    (folder / "processor_config.json").unlink()
+    settings = {**EARLY_QWEN2_5_VL_PREPROCESSOR, "image_processor_type": image_processor_type}
+    (folder / "preprocessor_config.json").write_text(json.dumps(settings, indent=2))
+    return folder
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("image_processor_type", ["Qwen2_5_VLImageProcessor", "Qwen2_5_VLImageProcessorFast"])
+def test_early_qwen2_5_vl_preprocessor_config_loads(tmp_path: Path, image_processor_type: str) -> None:
+    folder = early_checkpoint(tmp_path / "early", image_processor_type)
+    before = folder_digest(folder)
+    adapter = load_model(folder, device="cpu")
+    assert folder_digest(folder) == before  # the class name is mapped in memory, never in the folder
+    assert type(adapter.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(adapter.processor).__name__ == "Qwen2_5_VLProcessor"
+    image_processor = adapter.processor.image_processor
+    assert type(image_processor).__name__ in ("Qwen2VLImageProcessorPil", "Qwen2VLImageProcessor")
+    # The early file's settings, not the defaults.
+    assert (adapter.pixel_path.min_pixels, adapter.pixel_path.max_pixels) == (3136, 12845056)
+    assert adapter.pixel_path.mean == tuple(EARLY_QWEN2_5_VL_PREPROCESSOR["image_mean"])
+    image = smooth_image(100, 80)
+    expected = processor_images(adapter, [image])
+    ours = adapter.preprocess(image[None])
+    assert torch.equal(ours["image_grid_thw"], expected["image_grid_thw"])
+    assert (ours["pixel_values"] - expected["pixel_values"]).abs().max() < 1.5 * ONE_LEVEL
+    text = adapter.prompt_text("What is in the image?", image)
+    assert (
+        int((text["input_ids"][0] == adapter.processor.image_token_id).sum())
+        == int(expected["image_grid_thw"].prod()) // 4
+    )
+    assert len(adapter.generate([adapter.encode("What is in the image?", image)], max_new_tokens=2)) == 1
+
+
+def test_an_unknown_image_processor_class_still_fails_clearly(tmp_path: Path) -> None:
+    folder = early_checkpoint(tmp_path / "unknown", "NoSuchImageProcessor")
+    with pytest.raises(ModelLoadError, match="cannot load qwen2_5_vl model"):
+        load_model(folder, device="cpu")

@@ -13,6 +13,7 @@ import uvicorn
 
 from server_support import question
 from smoothguard.cli import EXIT_USER_ERROR, main
+from smoothguard.cli.main import build_parser
 from smoothguard.server import BackgroundServer
 
 KEYS = {"SG_TEST_PROXY_KEY": "sk-proxy-secret-1", "SG_TEST_UPSTREAM_KEY": "sk-upstream-secret-2"}
@@ -87,9 +88,58 @@ def test_local_server_and_proxy_run_from_the_cli(tiny_llava_dir, monkeypatch):
         (["--model", "m", "--api-key-env", "SG_TEST_UNSET_VARIABLE"], "SG_TEST_UNSET_VARIABLE"),
         (["--model", "m", "--allow-url-prefix", "http://host"], "URL prefix"),
         (["--model", "m", "--max-new-tokens", "2000"], "over the limit"),
+        (["--model", "m", "--max-prompt-tokens", "0"], "--max-prompt-tokens"),
+        (["--model", "m", "--request-timeout", "0"], "--request-timeout"),
+        (["--model", "m", "--request-timeout", "nan"], "request_timeout"),
+        (["--model", "m", "--allow-url-prefix", "http://h/a/../b/"], "URL prefix"),
+        (["--model", "m", "--allow-url-prefix", "http://user@h/img/"], "URL prefix"),
     ],
 )
 def test_user_errors_are_one_line(capsys, args, message):
     assert main(["serve", *args]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("smoothguard: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def checked(*argv: str):
+    """The parsed and checked options of ``smoothguard serve ARGV`` (no model loads)."""
+    args = build_parser().parse_args(["serve", *argv])
+    args.precheck(args)
+    return args
+
+
+def test_seed_is_fixed_only_when_given():
+    assert checked("--model", "m").settings.fixed_seed is False
+    fixed = checked("--model", "m", "--seed", "5")
+    assert fixed.settings.fixed_seed is True and fixed.guard.seed == 5
+    assert checked("--model", "m", "--seed", "0").settings.fixed_seed is True  # the old default, asked for
+    defaults = checked("--model", "m").settings
+    assert (defaults.max_prompt_tokens, defaults.request_timeout) == (2048, 120.0)
+
+
+def test_request_timeout_bounds_the_upstream_timeout():
+    proxy = ("--upstream", "http://127.0.0.1:9/v1", "--upstream-model", "m")
+    assert checked(*proxy).remote_options["timeout"] == 120.0
+    assert checked(*proxy, "--request-timeout", "5").remote_options["timeout"] == 5.0
+    assert checked(*proxy, "--upstream-timeout", "3", "--request-timeout", "5").remote_options["timeout"] == 3.0
+
+
+@pytest.mark.parametrize("seed", [None, "5"])
+def test_served_seeds_from_the_command_line(tiny_llava_dir, monkeypatch, seed):
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    options = ["--num-copies", "2", "--sigma", "0.5", "--max-new-tokens", "3"]
+    assert main(["serve", "--model", str(tiny_llava_dir), *options, *(["--seed", seed] if seed else [])]) == 0
+    with BackgroundServer(served[0]) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        extra = {"smoothguard": {"return_candidates": True}}
+        answers = [
+            client.chat.completions.create(model=str(tiny_llava_dir), messages=question("Hi", 0), extra_body=extra)
+            for _ in range(2)
+        ]
+    first, second = (answer.model_extra["smoothguard"] for answer in answers)
+    if seed is None:
+        assert first["seed"] != second["seed"] and first["seed_source"] == "random"
+    else:
+        assert first["seed"] == second["seed"] == 5 and first["seed_source"] == "server"
+        assert first["candidates"] == second["candidates"]

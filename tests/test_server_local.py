@@ -1,6 +1,7 @@
 """``smoothguard serve`` for a local model: real uvicorn servers on 127.0.0.1, the official ``openai``
 client as the client. Answers and metadata, overrides, auth, every limit, malformed requests, image
-URLs, audio, and concurrent requests that must not mix."""
+URLs, audio, concurrent requests that must not mix, the prompt limit, the time budget and per-request
+seeds (``test_server_urls.py`` has the URL normalisation)."""
 
 import base64
 import functools
@@ -8,6 +9,7 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import numpy as np
@@ -31,10 +33,17 @@ LIMITS = {
     "max_sigma": 0.5,
     "max_new_tokens": 16,
     "default_max_new_tokens": 6,
+    "max_prompt_tokens": 64,
 }
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
+    requested: ClassVar[list[str]] = []  # every path asked for, across instances
+
+    def do_GET(self) -> None:
+        self.requested.append(self.path)
+        super().do_GET()
+
     def log_message(self, *args) -> None:
         pass
 
@@ -55,8 +64,9 @@ def image_host(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_llava, minilm, image_host):
+    # A fixed seed (0), so that answers can be compared with the library's and across requests.
     guard = SmoothGuard(tiny_llava, sigma=0.1, num_copies=2, embedder=minilm)
-    settings = ServerSettings(**LIMITS, allow_url_prefixes=(f"{image_host}allowed/",))
+    settings = ServerSettings(**LIMITS, allow_url_prefixes=(f"{image_host}allowed/",), fixed_seed=True)
     with BackgroundServer(create_app(guard, settings)) as running:
         yield running
 
@@ -272,3 +282,89 @@ def test_audio_model_takes_input_audio(tmp_path, minilm):
         assert completion.model_extra["smoothguard"]["noise_space"] == "waveform"
         response = post(running.url, {"messages": question("What?", seed=0)})
         assert response.status_code == 422 and error_of(response)["code"] == "wrong_modality"
+
+
+def test_a_prompt_over_the_limit_is_a_413_before_the_image_is_fetched(server, image_host):
+    ok = f"{image_host}allowed/ok.png"
+    QuietHandler.requested.clear()
+    for prompt, size in (("tok " * 70, "tokens"), ("x" * (64 * 64 + 1), "characters")):
+        response = post(server.url, {"messages": user(prompt, image_part(ok))}, key=KEY)
+        error = error_of(response)
+        assert (response.status_code, error["code"], error["param"]) == (413, "prompt_too_long", "messages")
+        assert "64 tokens (--max-prompt-tokens)" in error["message"] and size in error["message"]
+    assert QuietHandler.requested == []  # refused before the image was fetched
+    # Texts count together; a prompt of the limit passes.
+    body = {"messages": [{"role": "system", "content": "tok " * 40}, *user("tok " * 40, image_part(ok))]}
+    assert post(server.url, body, key=KEY).status_code == 413
+    assert post(server.url, {"messages": user("tok " * 20, image_part(ok))}, key=KEY).status_code == 200
+
+
+@pytest.fixture
+def new_tokens(tiny_llava, monkeypatch):
+    """Records how many tokens each HF ``generate`` call of the tiny LLaVA generated per candidate."""
+    counts: list[int] = []
+    generate = tiny_llava.model.generate
+
+    def counting(**batch):
+        output = generate(**batch)
+        counts.append(output.shape[1] - batch["input_ids"].shape[1])
+        return output
+
+    monkeypatch.setattr(tiny_llava.model, "generate", counting)
+    return counts
+
+
+def test_the_time_budget_stops_generation_and_says_so(tiny_llava, minilm, client, new_tokens):
+    body = {"messages": question("Describe it.", seed=0), "max_tokens": 12, "smoothguard": {"seed": 1}}
+    guard = SmoothGuard(tiny_llava, sigma=0.1, num_copies=2, embedder=minilm)
+    settings = ServerSettings(default_max_new_tokens=12, request_timeout=1e-6)
+    with BackgroundServer(create_app(guard, settings)) as hurried:
+        cut = post(hurried.url, body)
+        assert cut.status_code == 200, cut.text
+        assert httpx.get(f"{hurried.url}/health").json()["request_timeout"] == 1e-6
+    evidence = cut.json()["smoothguard"]
+    assert evidence["time_budget_exceeded"] is True and evidence["request_timeout"] == 1e-6
+    assert new_tokens == [1]  # one generate call for all 3 candidates, stopped after its first token
+    new_tokens.clear()
+    # One budget for the whole request: with one candidate per generate call, every call is cut.
+    with BackgroundServer(create_app(guard.replace(batch_size=1), settings)) as hurried:
+        assert post(hurried.url, body).json()["smoothguard"]["time_budget_exceeded"] is True
+    assert new_tokens == [1, 1, 1]
+    new_tokens.clear()
+    full = ask(client, question("Describe it.", seed=0), seed=1)
+    assert full.model_extra["smoothguard"]["time_budget_exceeded"] is False
+    assert new_tokens == [6]  # the module server's default max_tokens, not cut
+
+
+def test_fresh_noise_per_request_unless_the_seed_is_fixed(tiny_llava, minilm):
+    messages = question("What do you see?", seed=5)
+    guard = SmoothGuard(tiny_llava, sigma=0.5, num_copies=4, embedder=minilm, seed=5)
+    with BackgroundServer(create_app(guard, ServerSettings(default_max_new_tokens=4))) as fresh:
+        client = openai.OpenAI(base_url=f"{fresh.url}/v1", api_key="unused", max_retries=0)
+        first, second = (ask(client, messages, model=tiny_llava.name).model_extra["smoothguard"] for _ in range(2))
+        assert first["seed_source"] == second["seed_source"] == "random"
+        assert first["seed"] != second["seed"] and 0 <= first["seed"] < 2**32
+        assert httpx.get(f"{fresh.url}/health").json()["seed_policy"] == "per_request"
+        # The returned seed reproduces the answer.
+        again = ask(client, messages, model=tiny_llava.name, seed=first["seed"]).model_extra["smoothguard"]
+        assert again["seed_source"] == "request" and again["candidates"] == first["candidates"]
+    with BackgroundServer(create_app(guard, ServerSettings(default_max_new_tokens=4, fixed_seed=True))) as fixed:
+        client = openai.OpenAI(base_url=f"{fixed.url}/v1", api_key="unused", max_retries=0)
+        first, second = (ask(client, messages, model=tiny_llava.name).model_extra["smoothguard"] for _ in range(2))
+        assert first["seed"] == second["seed"] == 5 and first["seed_source"] == "server"
+        assert first["candidates"] == second["candidates"]
+        assert httpx.get(f"{fixed.url}/health").json()["seed_policy"] == "fixed"
+
+
+def test_finish_reason_and_usage_follow_the_openai_protocol(server):
+    body = {"model": "tiny", "messages": question("What is in the image?", seed=1), "max_tokens": 2}
+    answer = post(server.url, {**body, "smoothguard": {"return_candidates": True}}, key=KEY)
+    assert answer.status_code == 200
+    data = answer.json()
+    usage, evidence = data["usage"], data["smoothguard"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 1 <= usage["completion_tokens"] <= 2 and usage["prompt_tokens"] > 10  # the image's tokens count
+    # The tiny random model never ends its answer by itself: 2 tokens is where max_tokens cut it.
+    assert data["choices"][0]["finish_reason"] == ("length" if usage["completion_tokens"] == 2 else "stop")
+    assert evidence["usage"]["prompt_tokens"] == 3 * usage["prompt_tokens"]  # 2 noisy copies + the clean one
+    assert usage["completion_tokens"] <= evidence["usage"]["completion_tokens"] <= 3 * 2

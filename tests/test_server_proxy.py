@@ -25,10 +25,11 @@ def upstream(tiny_llava):
         yield running
 
 
-def proxy_app(upstream_url: str, minilm, **remote_options):
+def proxy_app(upstream_url: str, minilm, settings: ServerSettings | None = None, **remote_options):
+    """A proxy with a fixed seed (0) unless ``settings`` say otherwise."""
     model = load_model(f"openai:{upstream_url}/v1#tiny-llava", backoff=0.01, **remote_options)
     guard = SmoothGuard(model, sigma=0.05, num_copies=3, embedder=minilm)
-    return create_app(guard, ServerSettings(model_name="tiny-llava"))
+    return create_app(guard, settings or ServerSettings(model_name="tiny-llava", fixed_seed=True))
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,20 @@ def test_generate_command_runs_against_a_remote_model(upstream, image_file, caps
     result = json.loads(capsys.readouterr().out)
     assert len(result["candidates"]) == 3 and result["config"]["noise_space"] == "pixel"
     assert result["config"]["model"]["family"] == "openai"
+
+
+def test_fresh_seeds_and_the_byte_limit_through_the_proxy(upstream, minilm):
+    settings = ServerSettings(model_name="tiny-llava", max_prompt_tokens=12)
+    with BackgroundServer(proxy_app(upstream.url, minilm, settings, api_key=UPSTREAM_KEY)) as proxy:
+        client = client_of(proxy)
+        first, second = (ask(client, question("Hi?", seed=0)).model_extra["smoothguard"] for _ in range(2))
+        assert first["seed_source"] == second["seed_source"] == "random" and first["seed"] != second["seed"]
+        assert first["time_budget_exceeded"] is False
+        again = ask(client, question("Hi?", seed=0), seed=first["seed"]).model_extra["smoothguard"]
+        assert again["candidates"] == first["candidates"]
+        # A proxy counts the prompt's UTF-8 bytes: 7 characters, 14 bytes.
+        response = post(proxy.url, {"messages": question("\u00e9" * 7, seed=0)})
+        error = error_of(response)
+        assert (response.status_code, error["code"]) == (413, "prompt_too_long")
+        assert "14 UTF-8 bytes" in error["message"] and "12 UTF-8 bytes (--max-prompt-tokens)" in error["message"]
+        assert post(proxy.url, {"messages": question("\u00e9" * 6, seed=0)}).status_code == 200

@@ -181,7 +181,8 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
         "--json",
     ]
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     for key in ("utility", "asr", "asr_adaptive", "asr_clean"):
         assert set(summary[key]) == {"undefended", "smoothguard"}
         assert all(0.0 <= v <= 1.0 for v in summary[key].values())
@@ -189,6 +190,26 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     assert recorded_duration > 0 and summary["counts"]["safety_items"] == len(RESTRICTED)
     for name in ("clean.png", "universal.png", "adaptive.png", "demo.png", "summary.json", "universal.png.json"):
         assert (tmp_path / name).is_file()
+    assert all((tmp_path / name).is_file() for name in summary["images"].values())  # every image it lists
+    # its phases, one line each on stderr (not a terminal here), and the attacks' own progress lines
+    phases = [line for line in captured.err.splitlines() if line.startswith("[demo] ")]
+    assert [line.split(":")[0].split(" (")[0] for line in phases] == [
+        "[demo] measuring utility on 12 testbed-pope items, undefended and through SmoothGuard",
+        "[demo] utility, 12 testbed-pope items",
+        "[demo] universal image",
+        "[demo] universal image",
+        "[demo] adaptive image",
+        "[demo] adaptive image",
+        f"[demo] ASR, clean image, {len(RESTRICTED)} restricted requests",
+        f"[demo] ASR, universal image, {len(RESTRICTED)} restricted requests",
+        f"[demo] ASR, adaptive image, {len(RESTRICTED)} restricted requests",
+    ]
+    u, s = summary["utility"]["undefended"], summary["utility"]["smoothguard"]
+    assert phases[0].endswith("(sigma 0.1 normalized, 2 copies + the clean one)")
+    assert phases[1].startswith(f"[demo] utility, 12 testbed-pope items: undefended {u:.3f}, SmoothGuard {s:.3f} (")
+    assert "optimising (2 steps)" in phases[2] and phases[3].endswith(str(tmp_path / "universal.png"))
+    assert "optimising (1 steps)" in phases[4] and phases[5].endswith(str(tmp_path / "adaptive.png"))
+    assert "[attack] 0/2 steps" in captured.err and "[attack] done: 1/1 steps in " in captured.err
 
 
 def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_path):
@@ -196,6 +217,16 @@ def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_pat
     from smoothguard.testbed.demo import SHIPPED_ATTACKS, DemoConfig, _adversarial
 
     clean = scene_pixels(held_out_scenes(1, badge=False)[0])
-    image = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False)
+    lines: list[str] = []
+    image = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False, log=lines.append)
     assert torch.equal(image, load_image(SHIPPED_ATTACKS / "universal.png"))
-    assert not any(tmp_path.iterdir())  # nothing optimised
+    # nothing optimised (no checkpoint), and the image it used is in the out folder, byte for byte with its sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["universal.png", "universal.png.json"]
+    for name in ("universal.png", "universal.png.json"):
+        assert (tmp_path / name).read_bytes() == (SHIPPED_ATTACKS / name).read_bytes()
+    assert lines == [
+        f"[demo] universal image: shipped with the package (eps 32/255, 300 steps) -> {tmp_path}/universal.png"
+    ]
+    # a second call finds the copy in the out folder
+    again = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False, log=lines.append)
+    assert torch.equal(again, image) and lines[-1].startswith(f"[demo] universal image: cached in {tmp_path} ")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothguard.errors import ConfigError, check_int
-from smoothguard.noise import NOISE_SPACES, validate_sigma
+from smoothguard.noise import DEFAULT_SIGMA, NOISE_SPACES, validate_sigma
 from smoothguard.sampling import AdaptiveSampling
 
 #: Seeds must fit k-means' ``random_state`` (and the noise generator): [0, 2**32).
@@ -28,10 +28,12 @@ def _help(text: str) -> dict[str, str]:
 class GuardConfig:
     """How SmoothGuard answers (see ``smoothguard.guard.SmoothGuard``).
 
-    ``sigma``: noise std in ``noise_space`` units (``smoothguard.noise``); paper: 0.1 normalized.
+    ``sigma``: noise std in ``noise_space`` units (``smoothguard.noise``); ``None`` = the space's default
+    (``DEFAULT_SIGMA``: the paper's 0.1 normalized, its CLIP equivalent 0.027 in pixel space, 0.1 waveform),
+    at most ``MAX_SIGMA`` of the space.
     ``num_copies``: noisy copies besides the clean candidate; 0 = the undefended baseline.
     ``noise_space``: ``normalized`` | ``pixel`` | ``waveform``; ``None`` = the model's default, which
-    ``SmoothGuard`` resolves (``guard.config.noise_space`` is always concrete).
+    ``SmoothGuard`` resolves (:meth:`resolve`: ``guard.config``'s space and sigma are always concrete).
     ``seed``: noise (per-copy rule of ``smoothguard.noise``) and k-means seed, in [0, 2**32).
     ``clamp``: clamp noisy pixels to [0, 1] and waveforms to [-1, 1] (not used in normalized space).
     ``num_clusters``: k of k-means (paper: 2). ``embedder``: ``None`` (packaged all-MiniLM-L6-v2),
@@ -40,7 +42,13 @@ class GuardConfig:
     copy) or an ``AdaptiveSampling`` stopping rule (``True`` = its defaults).
     """
 
-    sigma: float = field(default=0.1, metadata=_help("noise std in the units of --noise-space (default: %(default)s)"))
+    sigma: float | None = field(
+        default=None,
+        metadata=_help(
+            "noise std in the units of --noise-space (default: 0.1 normalized, the paper's; 0.027 pixel, its CLIP "
+            "equivalent; 0.1 waveform)"
+        ),
+    )
     num_copies: int = field(default=10, metadata=_help("noisy copies besides the clean one (default: %(default)s)"))
     noise_space: str | None = field(
         default=None, metadata=_help("default: the model's (normalized for local image models, waveform for audio)")
@@ -59,9 +67,10 @@ class GuardConfig:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sigma", validate_sigma(self.sigma))
         if self.noise_space is not None and self.noise_space not in NOISE_SPACES:
             raise ConfigError(f"unknown noise space {self.noise_space!r}; choose one of {', '.join(NOISE_SPACES)}")
+        if self.sigma is not None:
+            object.__setattr__(self, "sigma", validate_sigma(self.sigma, self.noise_space))
         check_int("num_copies", self.num_copies, minimum=0)
         if check_int("seed", self.seed, minimum=0) >= MAX_SEED:
             raise ConfigError(f"seed must be below 2**32, got {self.seed}")
@@ -94,6 +103,12 @@ class GuardConfig:
     def replace(self, **changes: Any) -> GuardConfig:
         """A copy with ``changes`` (validated like a new config)."""
         return GuardConfig.of(**{**{name: getattr(self, name) for name in self.names()}, **changes})
+
+    def resolve(self, noise_space: str) -> GuardConfig:
+        """This config in ``noise_space`` (its own, when it names one), with the space's default sigma
+        when it sets none."""
+        space = self.noise_space or noise_space
+        return self.replace(noise_space=space, sigma=DEFAULT_SIGMA[space] if self.sigma is None else self.sigma)
 
     @property
     def defended(self) -> bool:

@@ -65,3 +65,24 @@ def check_file(
             "(max_file_bytes); shrink it, or raise max_file_bytes if you trust the file"
         )
     return path
+
+
+def check_output_folder(folder: str | os.PathLike[str], label: str) -> Path:
+    """``folder`` as a ``Path``; ConfigError unless it is (or can be made) a folder a file can be written in:
+    a probe file is created and removed in it, or in its nearest existing parent when it does not exist yet
+    (nothing is left behind). An unwritable, read-only or full folder, or a file where a folder is wanted,
+    is so reported before any work starts."""
+    path = Path(folder)
+    existing = next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{label} {path}: {existing} is a file; pass a folder")
+    probe = existing / f".smoothguard-write-check-{os.getpid()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"x")
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{label} {path} cannot be written: {exc.strerror or exc}; pass another folder") from None
+    return path

@@ -21,12 +21,16 @@ from smoothguard.config import GuardConfig
 from smoothguard.embed import Embedder, load_embedder
 from smoothguard.errors import InputError, UnsupportedError, check_int
 from smoothguard.inputs import load_audio, load_image, validate_prompt
-from smoothguard.models.base import MLLMAdapter, Query
-from smoothguard.noise import GaussianNoise, copy_seeds, pixel_sigma
+from smoothguard.models.base import Generation, MLLMAdapter, Query
+from smoothguard.noise import GaussianNoise, content_key, copy_seeds, pixel_sigma, query_seed
 from smoothguard.provenance import versions
 
 #: Position of the clean (noise-free) candidate among a query's candidates.
 CLEAN_INDEX = 0
+#: Most bytes of candidates' model inputs held at once: whatever ``batch_size`` says, a ``generate`` call
+#: gets at most this much (a remote model's inputs are full-size 8-bit images: a 4096x4096 image's copies
+#: then go in calls of 21).
+MAX_BATCH_BYTES = 2**30
 
 
 @dataclass
@@ -36,7 +40,9 @@ class GuardResult:
     ``candidates`` holds ``num_copies + 1`` answers (fewer when adaptive sampling stopped early: the clean
     one and the first ``copies_used`` copies); ``candidates[clean_index]`` is the clean input's.
     ``cluster_labels`` has one label per candidate (0 = the majority cluster). ``timings`` are
-    seconds per stage, measured over the whole batch the query was generated in.
+    seconds per stage, measured over the whole batch the query was generated in. ``prompt_tokens``,
+    ``completion_tokens`` and ``finish_reasons`` (``stop`` | ``length``) are per candidate, as the model
+    reports them (a remote model's counts may be ``None``).
     """
 
     text: str
@@ -50,6 +56,9 @@ class GuardResult:
     num_distinct: int
     timings: dict[str, float]
     config: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: list[int | None] = field(default_factory=list)
+    completion_tokens: list[int | None] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
 
     @property
     def clean_text(self) -> str:
@@ -69,12 +78,14 @@ class GuardResult:
 @dataclass(frozen=True)
 class PreparedQuery:
     """One query ready to sample: ``medium`` (pixels [3, H, W] in [0, 1] or a waveform [T]), its prompt's
-    token ids ``text`` (each [1, L]) and ``clean``, the medium's model inputs (``adapter.preprocess``)."""
+    token ids ``text`` (each [1, L]), ``clean``, the medium's model inputs (``adapter.preprocess``), and
+    ``key``, the name its noise is drawn under (``smoothguard.noise``: its id, or a digest of its content)."""
 
     prompt: str
     medium: torch.Tensor
     text: dict[str, torch.Tensor]
     clean: dict[str, torch.Tensor]
+    key: str
 
 
 class SmoothGuard:
@@ -102,11 +113,10 @@ class SmoothGuard:
         elif embedder is not None:
             settings["embedder"] = embedder
         config = (config or GuardConfig()).replace(**settings) if settings else config or GuardConfig()
-        space = config.noise_space or model.default_noise_space
-        model.check_noise_space(space)
+        model.check_noise_space(config.noise_space or model.default_noise_space)
         self.model = model
-        self._config = config.replace(noise_space=space) if config.noise_space is None else config
-        self.noise = GaussianNoise(config.sigma, space, config.clamp)
+        self._config = config.resolve(model.default_noise_space)
+        self.noise = GaussianNoise(self._config.sigma, self._config.noise_space, self._config.clamp)
         self._embedder: Embedder | None = instance
 
     @classmethod
@@ -116,7 +126,7 @@ class SmoothGuard:
 
     @property
     def config(self) -> GuardConfig:
-        """The resolved settings (``noise_space`` concrete)."""
+        """The resolved settings (``noise_space`` and ``sigma`` concrete)."""
         return self._config
 
     def replace(self, **changes: Any) -> SmoothGuard:
@@ -154,12 +164,14 @@ class SmoothGuard:
         *,
         image: Any = None,
         audio: Any = None,
+        query_id: str | None = None,
         max_new_tokens: int = 128,
         **generate_kwargs: Any,
     ) -> GuardResult:
         """Answer ``prompt`` about ``image`` (path, PIL, array or [3, H, W] tensor in [0, 1]) or
-        ``audio`` (path, array or (array, rate)) through SmoothGuard. ``generate_kwargs`` go to HF
-        ``generate`` (greedy by default)."""
+        ``audio`` (path, array or (array, rate)) through SmoothGuard. ``query_id``: the query's name for its
+        noise (default: a digest of its content). ``generate_kwargs`` go to HF ``generate`` (greedy by
+        default)."""
         if image is not None and audio is not None:
             raise InputError("pass either image= or audio=, not both")
         given = "image" if image is not None else "audio" if audio is not None else None
@@ -168,13 +180,15 @@ class SmoothGuard:
                 f"{self.model.name} is an {self.model.modality} model: pass {self.model.modality}=, not {given}="
             )
         media = None if given is None else [image if given == "image" else audio]
-        return self.generate_batch([prompt], media, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+        ids = None if query_id is None else [query_id]
+        return self.generate_batch([prompt], media, ids=ids, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
     def generate_batch(
         self,
         prompts: Sequence[str],
         media: Sequence[Any] | None,
         *,
+        ids: Sequence[str] | None = None,
         max_new_tokens: int = 128,
         **generate_kwargs: Any,
     ) -> list[GuardResult]:
@@ -182,16 +196,17 @@ class SmoothGuard:
         (split by ``batch_size``), ONE embedding call, then one clustering per query. With adaptive
         sampling, one ``generate`` and one embedding call per round, for the queries still undecided.
 
-        ``media``: one image or audio input per prompt, of the model's modality.
+        ``media``: one image or audio input per prompt, of the model's modality. ``ids``: the queries'
+        names for their noise (default: digests of their content), e.g. evaluation item ids.
         """
         started = time.perf_counter()
         check_int("max_new_tokens", max_new_tokens, minimum=1)
-        queries = self.prepare(prompts, media)
+        queries = self.prepare(prompts, media, ids)
         spent = {"preprocess": time.perf_counter() - started, "generate": 0.0, "embed": 0.0, "cluster": 0.0}
         num_copies = self._config.num_copies
         plan = self._config.adaptive
         schedule = plan.schedule(num_copies) if plan is not None and num_copies else [num_copies]
-        groups: list[list[str]] = [[] for _ in queries]
+        groups: list[list[Generation]] = [[] for _ in queries]
         vectors: list[np.ndarray] = [np.zeros((0, 1), np.float32) for _ in queries]
         active = list(range(len(queries)))
         answered = 0
@@ -205,7 +220,7 @@ class SmoothGuard:
                 generate_kwargs,
             )
             embedding = time.perf_counter()
-            flat = [answer for part in parts for answer in part]
+            flat = [generation.text for part in parts for generation in part]
             # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
             embeddings = self.embedder.embed(flat) if num_copies else np.zeros((len(flat), 1), np.float32)
             spent["embed"] += time.perf_counter() - embedding
@@ -218,20 +233,22 @@ class SmoothGuard:
             answered = upto
             if upto < num_copies:
                 deciding = time.perf_counter()
-                active = [i for i in active if not self._decided(groups[i], vectors[i])]
+                active = [i for i in active if not self._decided([g.text for g in groups[i]], vectors[i])]
                 spent["cluster"] += time.perf_counter() - deciding
             if not active:
                 break
         clustering = time.perf_counter()
-        outcomes = [self._aggregate(group, vecs) for group, vecs in zip(groups, vectors, strict=True)]
+        texts = [[generation.text for generation in group] for group in groups]
+        outcomes = [self._aggregate(group, vecs) for group, vecs in zip(texts, vectors, strict=True)]
         spent["cluster"] += time.perf_counter() - clustering
         timings = {**spent, "total": time.perf_counter() - started, "batch_queries": len(queries)}
-        config = {**self.describe(), "generation": {"max_new_tokens": max_new_tokens, **generate_kwargs}}
+        generation = {"max_new_tokens": max_new_tokens, **generate_kwargs}
+        config = {**self.describe(), "generation": {key: _jsonable(value) for key, value in generation.items()}}
         return [
             GuardResult(
-                text=group[outcome.chosen_index],
+                text=group[outcome.chosen_index].text,
                 prompt=query.prompt,
-                candidates=group,
+                candidates=[generation.text for generation in group],
                 cluster_labels=outcome.labels,
                 majority_fraction=outcome.majority_fraction,
                 chosen_index=outcome.chosen_index,
@@ -240,24 +257,34 @@ class SmoothGuard:
                 num_distinct=outcome.num_distinct,
                 timings=dict(timings),
                 config=config,
+                prompt_tokens=[generation.prompt_tokens for generation in group],
+                completion_tokens=[generation.completion_tokens for generation in group],
+                finish_reasons=[generation.finish_reason for generation in group],
             )
             for query, group, outcome in zip(queries, groups, outcomes, strict=True)
         ]
 
-    def prepare(self, prompts: Sequence[str], media: Sequence[Any] | None) -> list[PreparedQuery]:
+    def prepare(
+        self, prompts: Sequence[str], media: Sequence[Any] | None, ids: Sequence[str] | None = None
+    ) -> list[PreparedQuery]:
         """Load and encode each prompt with its medium (one image or audio input per prompt, of the model's
-        modality: a path, PIL image, array or tensor)."""
+        modality: a path, PIL image, array or tensor). ``ids``: one name per query for its noise
+        (``"id:" + id``); default: a digest of the query's prompt and medium."""
         if isinstance(prompts, str):
             raise InputError("generate_batch and prepare take a list of prompts; use generate() for one")
         if media is None or len(media) != len(prompts):
             raise InputError(f"{self.model.name} needs one {self.model.modality} per prompt")
+        if ids is not None and (isinstance(ids, str) or len(ids) != len(prompts)):
+            raise InputError(f"pass one id per prompt ({len(prompts)}), or none")
         prepared = []
         for index, (prompt, source) in enumerate(zip(prompts, media, strict=True)):
             medium = self._load_media(source, index)
-            text = self.model.prompt_text(validate_prompt(prompt), medium)
+            prompt = validate_prompt(prompt)
+            text = self.model.prompt_text(prompt, medium)
             with torch.no_grad():
                 clean = self.model.preprocess(medium.unsqueeze(0))
-            prepared.append(PreparedQuery(prompt, medium, text, clean))
+            key = content_key(prompt, medium) if ids is None else f"id:{ids[index]}"
+            prepared.append(PreparedQuery(prompt, medium, text, clean, key))
         return prepared
 
     def sample(
@@ -270,12 +297,14 @@ class SmoothGuard:
         **generate_kwargs: Any,
     ) -> list[list[str]]:
         """The sampler: each query's answers to its clean input (first, when ``clean``) and to its noisy
-        copies ``copies`` (copy ``i`` drawn with ``copy_seed(config.seed, i)``). The candidates of all
-        queries are drawn, encoded and answered ``batch_size`` at a time (all in one ``generate`` call when
-        it is ``None``), so memory is bounded by the batch size, not by the number of copies."""
+        copies ``copies`` (copy ``i`` drawn with ``copy_seed(query_seed(config.seed, query.key), i)``). The
+        candidates of all queries are drawn, encoded and answered ``batch_size`` at a time (all in one
+        ``generate`` call when it is ``None``) and at most ``MAX_BATCH_BYTES`` of model inputs at a time, so
+        memory is bounded by the batch size, not by the number of copies."""
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         spent = {"preprocess": 0.0, "generate": 0.0}
-        return self._sample(queries, copies, clean, spent, max_new_tokens, generate_kwargs)
+        parts = self._sample(queries, copies, clean, spent, max_new_tokens, generate_kwargs)
+        return [[generation.text for generation in part] for part in parts]
 
     def candidates(self, query: PreparedQuery, copies: Sequence[int], *, clean: bool = True) -> list[Query]:
         """Model inputs of ``query``'s clean input (first, when ``clean``) and of its noisy copies ``copies``."""
@@ -283,7 +312,7 @@ class SmoothGuard:
         noisy = []
         if copies:
             with torch.no_grad():
-                seeds = copy_seeds(self._config.seed, copies)
+                seeds = copy_seeds(query_seed(self._config.seed, query.key), copies)
                 noisy = self.noise.copies(self.model, query.medium, seeds, query.clean)
         return [*([Query(text, query.clean)] if clean else []), *(Query(text, m) for m in noisy)]
 
@@ -296,12 +325,14 @@ class SmoothGuard:
         spent: dict[str, float],
         max_new_tokens: int,
         generate_kwargs: dict[str, Any],
-    ) -> list[list[str]]:
-        """``sample``, adding seconds to ``spent["preprocess"]`` (noise and encoding) and ``spent["generate"]``."""
+    ) -> list[list[Generation]]:
+        """``sample`` with each answer's token counts, adding seconds to ``spent["preprocess"]`` (noise and
+        encoding) and ``spent["generate"]``."""
         wanted = [*([None] if clean else []), *copies]
         tasks = [(q, c) for q in range(len(queries)) for c in wanted]
-        step = self._config.batch_size or max(len(tasks), 1)
-        answers: list[str] = []
+        per_candidate = max((sum(t.nbytes for t in q.clean.values()) for q in queries), default=1)
+        step = min(self._config.batch_size or max(len(tasks), 1), max(1, MAX_BATCH_BYTES // max(per_candidate, 1)))
+        answers: list[Generation] = []
         for start in range(0, len(tasks), step):
             began = time.perf_counter()
             chunk = tasks[start : start + step]
@@ -311,7 +342,7 @@ class SmoothGuard:
                 noisy = [c for c in mine if c is not None]
                 inputs += self.candidates(queries[index], noisy, clean=None in mine)
             encoded = time.perf_counter()
-            answers += self.model.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+            answers += self.model.complete(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
             spent["preprocess"] += encoded - began
             spent["generate"] += time.perf_counter() - encoded
         return [answers[i * len(wanted) : (i + 1) * len(wanted)] for i in range(len(queries))]
@@ -338,3 +369,15 @@ class SmoothGuard:
         if sampling_rate is None:
             raise UnsupportedError(f"{self.model.name} does not declare an audio sampling rate")
         return load_audio(source, sampling_rate=sampling_rate, name=name)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: numbers, strings, lists and dicts of them; any other object by its
+    class name (e.g. a ``generate`` call's stopping criteria)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return type(value).__name__

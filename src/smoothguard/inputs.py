@@ -29,6 +29,10 @@ from smoothguard.errors import DEFAULT_MAX_FILE_BYTES, InputError, check_file
 
 DEFAULT_MAX_PIXELS: int = 64_000_000
 """Refuse images with more pixels than this (decompression bombs)."""
+MAX_ASPECT_RATIO: int = 200
+"""Refuse images whose long side is more than this many times the short side: resizing the short side to
+a model's input (LLaVA: 336 px) would blow the long side up (a 3x20000 image to 336x2,240,000); Qwen-VL's
+processor has the same limit."""
 
 PathSource = str | os.PathLike[str]
 ImageSource = PathSource | Image.Image | np.ndarray | torch.Tensor
@@ -208,9 +212,15 @@ def _channels_first(values: _Array, label: str) -> _Array:
 
 
 def _check_image_size(width: int, height: int, label: str, max_pixels: int) -> None:
-    """Refuse images smaller than 2x2 or with more than ``max_pixels`` pixels."""
+    """Refuse images smaller than 2x2, longer than ``MAX_ASPECT_RATIO`` times their width (or the other way
+    round), or with more than ``max_pixels`` pixels."""
     if width < _MIN_SIDE or height < _MIN_SIDE:
         raise InputError(f"{label}: image is {width}x{height} pixels; images must be at least {_MIN_SIDE}x{_MIN_SIDE}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InputError(
+            f"{label}: image is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}:1; crop or pad it "
+            "(resizing its short side to the model's input would make it enormous)"
+        )
     if width * height > max_pixels:
         raise InputError(
             f"{label}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
@@ -403,9 +413,16 @@ def _resample(mono: torch.Tensor, rate: int, target_rate: int, label: str) -> to
 
 
 def validate_prompt(prompt: object, *, max_chars: int = 32_000) -> str:
-    """Return the prompt as ``str``; ``InputError`` if not a str, blank, over ``max_chars``, or has NUL."""
+    """Return the prompt as ``str``; ``InputError`` if not a str, not valid UTF-8 text (lone surrogates, as
+    Python decodes invalid bytes on a command line), blank, over ``max_chars``, or has NUL."""
     if not isinstance(prompt, str):
         raise InputError(f"prompt: expected a str, got {type(prompt).__name__}; pass the question as text")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"prompt: is not valid UTF-8 text (undecodable byte at character {exc.start}); pass UTF-8"
+        ) from None
     if not prompt.strip():
         raise InputError("prompt: is empty or whitespace only; pass the question to ask")
     if len(prompt) > max_chars:

@@ -1,7 +1,7 @@
 """The one client for OpenAI-compatible ``/chat/completions`` endpoints (vLLM, OpenAI, SmoothGuard's own
 server), used by the remote model adapter and the ``openai`` judge.
 
-:class:`OpenAIClient` posts a chat-completions payload and returns ``choices[0].message.content``. It
+:class:`OpenAIClient` posts a chat-completions payload and returns ``choices[0]`` as a :class:`ChatReply`. It
 owns what both users share: the endpoint URL (from an API base such as ``http://host:8000/v1`` or the
 full ``.../chat/completions`` URL), the Authorization header, a timeout per request, retries with
 exponential backoff on connection errors, timeouts, 408, 429 and 5xx, no proxy for loopback hosts, and
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +40,17 @@ class UpstreamError(SmoothGuardError):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """``choices[0]`` of a chat completion: the message ``content`` (``""`` when null), its
+    ``finish_reason`` and the response's ``usage`` token counts (each ``None`` when the endpoint sends none)."""
+
+    content: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def is_loopback(url: str) -> bool:
@@ -111,9 +123,9 @@ class OpenAIClient:
             limits=httpx.Limits(max_connections=max_connections),
         )
 
-    def chat(self, payload: dict[str, Any], *, should_stop: Callable[[], bool] | None = None) -> str:
-        """POST ``payload`` (a chat-completions request body) and return ``choices[0].message.content``
-        (``""`` for a null content), retrying transient failures. ``should_stop`` is asked before each
+    def chat(self, payload: dict[str, Any], *, should_stop: Callable[[], bool] | None = None) -> ChatReply:
+        """POST ``payload`` (a chat-completions request body) and return ``choices[0]`` (a null content
+        is ``""``), retrying transient failures. ``should_stop`` is asked before each
         retry; once it returns True the last failure is raised without further tries. Raises
         :class:`UpstreamError`."""
         stop = should_stop or _never
@@ -139,7 +151,7 @@ class OpenAIClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _post(self, payload: dict[str, Any]) -> str:
+    def _post(self, payload: dict[str, Any]) -> ChatReply:
         try:
             response = self._client.post(self.endpoint, json=payload)
         except httpx.TransportError as exc:
@@ -159,20 +171,31 @@ class OpenAIClient:
             else:
                 message = f"{self.endpoint} answered HTTP {status}: {detail}"
             raise UpstreamError(message, status, detail=detail)
-        return self._content(response)
+        return self._reply(response)
 
-    def _content(self, response: httpx.Response) -> str:
+    def _reply(self, response: httpx.Response) -> ChatReply:
         try:
             body = response.json()
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UpstreamError(f"{self.endpoint} did not answer with JSON ({exc})", 200) from exc
         try:
-            content = body["choices"][0]["message"]["content"]
+            choice = body["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
             excerpt = str(body)[:200]
             raise UpstreamError(f"{self.endpoint} sent no choices[0].message.content: {excerpt}", 200) from exc
-        if content is None:
-            return ""
-        if not isinstance(content, str):
+        if content is not None and not isinstance(content, str):
             raise UpstreamError(f"{self.endpoint} sent a non-text message content: {content!r}"[:_DETAIL_LIMIT], 200)
-        return content
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        return ChatReply(
+            content=content or "",
+            finish_reason=reason if isinstance(reason, str) else None,
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+        )
+
+
+def _count(value: object) -> int | None:
+    """A token count from a response's ``usage`` (``None`` unless a non-negative integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from smoothguard.attacks import NORMS
 from smoothguard.attacks.eot import EOT, step_seed
@@ -29,6 +28,7 @@ from smoothguard.attacks.objectives import Objective, TargetObjective
 from smoothguard.errors import ConfigError, InputError, UnsupportedError
 from smoothguard.inputs import validate_prompt
 from smoothguard.models.base import MLLMAdapter
+from smoothguard.progress import Progress
 from smoothguard.provenance import versions
 
 
@@ -72,7 +72,7 @@ class PGD:
     SmoothGuard's noise: the adaptive attack), ``early_stop`` + ``check_every`` (stop once greedy
     decoding of the quantised input produces the target; single-target attacks only), ``seed``,
     ``checkpoint_every`` (steps between checkpoints when a checkpoint path is given),
-    ``progress`` (a progress bar showing the loss).
+    ``progress`` (the steps and the loss: a bar on a terminal, periodic lines on stderr otherwise).
     """
 
     modality: ClassVar[str] = "image"
@@ -169,7 +169,7 @@ class PGD:
         }
         x, losses = self._start(x0, run_config, checkpoint)
         target = _single_target(objectives[0]) if len({id(o) for o in objectives}) == 1 else None
-        bar = tqdm(total=self.steps, initial=len(losses), desc="attack", disable=not self.progress, leave=False)
+        bar = Progress(self.steps, "attack", "step", initial=len(losses), enabled=self.progress, leave=False)
         answer = None
         for step in range(len(losses), self.steps):
             x.requires_grad_(True)

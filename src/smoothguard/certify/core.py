@@ -144,13 +144,21 @@ def certify_from_counts(
 
 # ---------------------------------------------------------------------------------------------- sampling
 def noisy_answers(
-    guard: SmoothGuard, prompt: str, media: Any, copies: range, *, max_new_tokens: int = 16, **generate_kwargs: Any
+    guard: SmoothGuard,
+    prompt: str,
+    media: Any,
+    copies: range,
+    *,
+    query_id: str | None = None,
+    max_new_tokens: int = 16,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Answers to noisy copies ``copies`` of ``media`` (image: path, PIL, array or [3, H, W] tensor in
     [0, 1]; audio: path, array or (array, rate)) through ``guard.sample``, ``guard.config.batch_size``
-    (default ``DEFAULT_BATCH_SIZE``) copies per ``generate`` call."""
+    (default ``DEFAULT_BATCH_SIZE``) copies per ``generate`` call. ``query_id``: the query's name for its
+    noise (default: a digest of its content), as in ``SmoothGuard.generate``."""
     sampler = guard if guard.config.batch_size else guard.replace(batch_size=DEFAULT_BATCH_SIZE)
-    query = sampler.prepare([prompt], [media])
+    query = sampler.prepare([prompt], [media], None if query_id is None else [query_id])
     return sampler.sample(query, copies, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
 
@@ -162,13 +170,16 @@ def predict(
     *,
     n: int = 100,
     alpha: float = 0.001,
+    query_id: str | None = None,
     max_new_tokens: int = 16,
     **generate_kwargs: Any,
 ) -> Prediction:
     """Cohen et al.'s PREDICT for ``parser(answer)`` over ``n`` noisy copies (see :func:`predict_from_counts`)."""
     check_int("n", n, minimum=1)
     validate_alpha(alpha)
-    answers = noisy_answers(guard, prompt, media, range(n), max_new_tokens=max_new_tokens, **generate_kwargs)
+    answers = noisy_answers(
+        guard, prompt, media, range(n), query_id=query_id, max_new_tokens=max_new_tokens, **generate_kwargs
+    )
     return predict_from_counts(Counter(parser(a) for a in answers), alpha)
 
 
@@ -181,6 +192,7 @@ def certify(
     n0: int = 100,
     n: int = 1000,
     alpha: float = 0.001,
+    query_id: str | None = None,
     max_new_tokens: int = 16,
     **generate_kwargs: Any,
 ) -> Certificate:
@@ -189,7 +201,9 @@ def certify(
     check_int("n0", n0, minimum=1)
     check_int("n", n, minimum=1)
     validate_alpha(alpha)
-    answers = noisy_answers(guard, prompt, media, range(n0 + n), max_new_tokens=max_new_tokens, **generate_kwargs)
+    answers = noisy_answers(
+        guard, prompt, media, range(n0 + n), query_id=query_id, max_new_tokens=max_new_tokens, **generate_kwargs
+    )
     labels = [parser(a) for a in answers]
     return certify_from_counts(Counter(labels[:n0]), Counter(labels[n0:]), alpha, guard.noise.sigma, guard.noise.space)
 

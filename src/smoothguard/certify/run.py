@@ -128,7 +128,8 @@ def format_table(summary: dict[str, Any]) -> list[str]:
     """The table as text lines: a row per sigma, a column per radius (Cohen et al.'s table shape)."""
     radii = [f"{radius:g}" for radius in summary["radii"]]
     lines = [
-        f"certified accuracy at radius r ({summary['radius_units']})",
+        f"certified accuracy at radius r ({summary['radius_units']}); sigma in "
+        f"{summary['settings']['guard']['noise_space']} units",
         f"{'sigma':>8} {'items':>6} " + " ".join(f"{'r=' + r:>8}" for r in radii) + f" {'abstain':>8}",
     ]
     for row in summary["rows"]:
@@ -144,12 +145,12 @@ def _certify(
     settings: dict[str, Any],
     progress: bool | None,
 ) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
+    from smoothguard.progress import track
 
     sigma = guard.config.sigma
     parser = YesNoParser()
     written = []
-    bar = tqdm(items, desc=f"sigma {sigma:g}", unit="item", disable=None if progress is None else not progress)
+    bar = track(items, f"certify sigma {sigma:g}", "item", enabled=progress)
     with DurableAppender(path) as appender:
         for item in bar:
             began = time.perf_counter()
@@ -161,6 +162,7 @@ def _certify(
                 n0=settings["n0"],
                 n=settings["n"],
                 alpha=settings["alpha"],
+                query_id=item.id,
                 max_new_tokens=settings["max_new_tokens"],
             )
             record = {

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from smoothguard.attacks import NORMS
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
-from smoothguard.errors import ConfigError, check_file
+from smoothguard.errors import ConfigError, check_file, check_output_folder
 
 
 def register(commands: Any) -> None:
@@ -56,6 +57,10 @@ def check(args: argparse.Namespace) -> None:
     args.guard = guard_config(args)
     if args.eot_samples < 0:
         raise ConfigError(f"--eot-samples must be >= 0, got {args.eot_samples}")
+    if args.target is not None and not args.target.strip():
+        raise ConfigError("--target is empty; pass the text the model should produce (or --untargeted)")
+    if args.out:
+        check_output_folder(Path(args.out).parent, "--out")
     check_file(args.image or args.audio, args.image or args.audio, kind="image" if args.image else "audio")
     for name in ("prompts", "targets"):
         if getattr(args, name):
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         check_every=args.check_every,
         seed=args.guard.seed,
         checkpoint_every=args.checkpoint_every,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     checkpoint = args.resume or (f"{args.out}.ckpt.safetensors" if args.out else None)
     result = attack(model, medium, prompts, objective, checkpoint=checkpoint, max_new_tokens=args.max_new_tokens)

@@ -13,7 +13,7 @@ from typing import Any
 from smoothguard.certify.core import DEFAULT_BATCH_SIZE
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
 from smoothguard.config import GuardConfig
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.noise import validate_sigma
 from smoothguard.stats import validate_alpha
 
@@ -59,7 +59,7 @@ def register(commands: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    args.sigmas = [validate_sigma(sigma) for sigma in _numbers(args.sigma, "--sigma")]
+    args.sigmas = [validate_sigma(sigma, args.noise_space) for sigma in _numbers(args.sigma, "--sigma")]
     args.radii = _numbers(args.radii, "--radii")
     for name in ("n0", "n", "limit", "max_new_tokens"):
         value = getattr(args, name)
@@ -69,6 +69,8 @@ def _check(args: argparse.Namespace) -> None:
     if min(args.radii) < 0:
         raise ConfigError(f"--radii must be >= 0, got {args.radii}")
     args.guard = guard_config(args, sigma=args.sigmas[0])
+    model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.model).name)
+    args.out = check_output_folder(args.out or Path("runs") / "certify" / args.benchmark / model_name, "--out")
 
 
 def _run_certify(args: argparse.Namespace) -> int:
@@ -94,8 +96,7 @@ def _run_certify(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "max_new_tokens": args.max_new_tokens or bench.max_new_tokens,
     }
-    model_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(args.model).name)
-    out = args.out or Path("runs") / "certify" / args.benchmark / model_name
+    out = args.out
     summary = certify_items(
         items,
         lambda: load_model(args.model, device=args.device, dtype=args.dtype),
@@ -104,7 +105,7 @@ def _run_certify(args: argparse.Namespace) -> int:
         sigmas=args.sigmas,
         settings=settings,
         radii=args.radii,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     if args.json:
         print(json.dumps(summary, indent=2))

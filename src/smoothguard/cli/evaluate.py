@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.eval.base import benchmark_names
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[a
 
 def _check(args: argparse.Namespace) -> None:
     args.guard = guard_config(args, **({} if args.defense else {"num_copies": 0}))
+    if args.out:
+        check_output_folder(args.out, "--out")
     args.shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
 
 
@@ -121,12 +123,14 @@ def _check_sweep(args: argparse.Namespace) -> None:
         raise ConfigError("sweep takes --sigmas (a list), not --sigma")
     args.sigmas = parse_sigmas(args.sigmas)
     args.guard = guard_config(args, sigma=args.sigmas[0], **({} if args.defense else {"num_copies": 0}))
+    if args.out:
+        check_output_folder(args.out, "--out")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from smoothguard.eval.runner import evaluate
 
-    spec = _spec(args)
+    spec = _spec(args).resolved()
     out = args.out or _default_out(args, "undefended" if not spec.defended else f"sigma-{spec.guard.sigma:g}")
     summary = evaluate(args.benchmark, spec, out, shard=args.shard, **_common(args))
     _print_summary(summary, args.json, f"run folder {summary['run_folder']}")
@@ -142,7 +146,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    table = {f"sigma {row['sigma']:g}": {k: v for k, v in row.items() if "." in k} for row in result["rows"]}
+    table = {
+        f"sigma {row['sigma']:g} ({row['noise_space']})": {k: v for k, v in row.items() if "." in k}
+        for row in result["rows"]
+    }
     print("\n".join(score_table(table)))
     print(f"[sweep] plot {result['plot']}, data {result['csv']}", file=sys.stderr)
     return 0

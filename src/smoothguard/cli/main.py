@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import smoothguard
 from smoothguard.cli import attack, certify, evaluate, generate, serve, testbed
 from smoothguard.cli.options import EXIT_USER_ERROR
 from smoothguard.errors import SmoothGuardError
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothguard", description="SmoothGuard: defend multimodal LLMs with noise and clustering."
     )
+    parser.add_argument("--version", action="version", version=f"smoothguard {smoothguard.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.register(commands)
@@ -51,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (e.g. ``| head``); nothing more to say.
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        # A file or folder the system refused mid-run (permissions, a full disk, a vanished folder).
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"smoothguard: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("smoothguard: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ EXIT_USER_ERROR = 2
 
 #: argparse settings of each GuardConfig field that is not a plain number; the help is the field's.
 _SPECIAL: dict[str, dict[str, Any]] = {
+    "sigma": {"type": float},
     "noise_space": {"choices": NOISE_SPACES},
     "clamp": {"flags": ("--no-clamp",), "action": "store_false"},
     "embedder": {},
@@ -33,12 +34,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_guard_options(
-    parser: argparse.ArgumentParser, *, defaults: GuardConfig | None = None, exclude: Collection[str] = ()
+    parser: argparse.ArgumentParser,
+    *,
+    defaults: GuardConfig | None = None,
+    exclude: Collection[str] = (),
+    unset: dict[str, str] | None = None,
 ) -> None:
     """One option per ``GuardConfig`` field (``--sigma``, ``--num-copies``, ``--noise-space``, ``--seed``,
     ``--no-clamp``, ``--num-clusters``, ``--embedder``, ``--batch-size``, ``--adaptive``) but those in
-    ``exclude``, defaulting to ``defaults``' values; :func:`guard_config` reads them back."""
+    ``exclude``, defaulting to ``defaults``' values; :func:`guard_config` reads them back. ``unset``: fields
+    whose option defaults to ``None`` (not given: the command decides), each with its help text."""
     defaults = defaults or GuardConfig()
+    unset = unset or {}
     group = parser.add_argument_group("SmoothGuard")
     fields = [field for field in dataclasses.fields(GuardConfig) if field.name not in exclude]
     for field in fields:
@@ -47,14 +54,18 @@ def add_guard_options(
         default = getattr(defaults, field.name)
         if field.name == "adaptive":
             default = default is not None
-        group.add_argument(*flags, dest=field.name, default=default, help=field.metadata["help"], **special)
+        if field.name in unset:
+            default = None
+        help_text = unset.get(field.name, field.metadata["help"])
+        group.add_argument(*flags, dest=field.name, default=default, help=help_text, **special)
     parser.set_defaults(guard_defaults=defaults, guard_fields=tuple(field.name for field in fields))
 
 
 def guard_config(args: argparse.Namespace, **changes: Any) -> GuardConfig:
-    """The ``GuardConfig`` of the options :func:`add_guard_options` added (validated), with ``changes``."""
+    """The ``GuardConfig`` of the options :func:`add_guard_options` added (validated), with ``changes``; an
+    ``unset`` option left out keeps the default's value."""
     defaults: GuardConfig = args.guard_defaults
-    given = {name: getattr(args, name) for name in args.guard_fields}
+    given = {name: getattr(args, name) for name in args.guard_fields if getattr(args, name) is not None}
     if "adaptive" in given:
         given["adaptive"] = defaults.adaptive or True if given["adaptive"] else None
     return defaults.replace(**{**given, **changes})

@@ -15,7 +15,8 @@ Serve POST /v1/chat/completions, GET /v1/models and GET /health.
 Local model: --model HUB_ID|FOLDER|testbed. Guard proxy: --upstream URL --upstream-model NAME (or
 --model openai:URL#NAME): each request's noisy copies (pixel space) go to the upstream endpoint.
 The guard options are every request's defaults; a request's "smoothguard" object may override
-sigma, num_copies and seed within --max-sigma / --max-num-copies."""
+sigma, num_copies and seed within --max-sigma / --max-num-copies. Each request draws fresh noise
+(a seed from the OS, returned in the answer) unless --seed N fixes it for every request."""
 
 
 def register(commands: Any) -> None:
@@ -31,7 +32,9 @@ def register(commands: Any) -> None:
     _add_upstream_options(serve)
     serve.add_argument("--device", default="auto", help="local model: auto | cpu | cuda | cuda:N (default: auto)")
     serve.add_argument("--dtype", default="auto", help="local model: auto | float32 | float16 | bfloat16")
-    add_guard_options(serve)
+    add_guard_options(
+        serve, unset={"seed": "fix the noise seed of every request (default: a fresh seed from the OS per request)"}
+    )
     serve.add_argument("--no-defense", action="store_true", help="serve the plain model (num_copies 0, no overrides)")
     server = serve.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
@@ -45,12 +48,26 @@ def register(commands: Any) -> None:
     server.add_argument("--max-body-bytes", type=int, default=20 * 2**20, help="413 above this (20 MiB)")
     server.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="413 above this (4096x4096)")
     server.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=2048,
+        help="413 for longer prompts: tokens of the model's tokenizer, UTF-8 bytes for a proxy (2048)",
+    )
+    server.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="longest a request may hold a local model (generation stops, the answer says so); "
+        "a proxy's --upstream-timeout is at most this (120)",
+    )
+    server.add_argument(
         "--allow-url-prefix",
         action="append",
         default=[],
         metavar="PREFIX",
-        help="fetch http(s) image URLs starting with PREFIX, e.g. https://images.example.org/ (repeatable; "
-        "default: none, only data: URIs)",
+        help="fetch http(s) image URLs under PREFIX, e.g. https://images.example.org/img/ (same scheme, host and "
+        "port, PREFIX's path segments first, after normalising the URL; repeatable; default: none, only data: URIs)",
     )
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     serve.set_defaults(precheck=_check, run=_run_serve)
@@ -69,6 +86,7 @@ def _add_upstream_options(serve: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     from smoothguard.server.settings import ServerSettings
 
+    fixed_seed = args.seed is not None  # unless --seed is given, every request draws its own
     args.guard = guard_config(args, **({"num_copies": 0} if args.no_defense else {}))
     args.source, args.remote_options, served_name = _model_source(args)
     args.settings = ServerSettings(
@@ -81,7 +99,13 @@ def _check(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_tokens_limit,
         default_max_new_tokens=args.max_new_tokens,
         allow_url_prefixes=tuple(args.allow_url_prefix),
+        max_prompt_tokens=args.max_prompt_tokens,
+        request_timeout=args.request_timeout,
+        fixed_seed=fixed_seed,
     )
+    if args.remote_options:
+        # The request's time budget bounds every upstream request (connect, read, write).
+        args.remote_options["timeout"] = min(args.remote_options["timeout"], args.settings.request_timeout)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from smoothguard.cli.options import add_guard_options, guard_config
 from smoothguard.config import GuardConfig
+from smoothguard.errors import check_output_folder
 
 
 def register(commands: Any) -> None:
@@ -22,7 +23,7 @@ def register(commands: Any) -> None:
     data.add_argument("--split", choices=("train", "held-out"), default="held-out")
     data.add_argument("--count", type=int, default=20)
     data.add_argument("--out", required=True)
-    data.set_defaults(run=_run_data)
+    data.set_defaults(precheck=_check_out, run=_run_data)
 
     train = actions.add_parser("train", help="train a testbed model (resumable: rerun the same command)")
     train.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
@@ -30,7 +31,7 @@ def register(commands: Any) -> None:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.set_defaults(run=_run_train)
+    train.set_defaults(precheck=_check_out, run=_run_train)
 
     evaluate = actions.add_parser("evaluate", help="held-out accuracy per task and negative kind")
     evaluate.add_argument("--model", default="testbed", help="testbed (shipped) or a model folder")
@@ -80,7 +81,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    folder = train(args.out, config, progress=sys.stderr.isatty(), log=lambda line: print(line, flush=True))
+    folder = train(args.out, config, progress=True, log=lambda line: print(line, flush=True))
     print(f"model in {folder} ({time.perf_counter() - started:.0f} s this run)")
     return 0
 
@@ -89,7 +90,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from smoothguard.models.auto import load_model
     from smoothguard.testbed.evaluate import evaluate
 
-    report = evaluate(load_model(args.model, device="cpu"), args.scenes, progress=sys.stderr.isatty())
+    report = evaluate(load_model(args.model, device="cpu"), args.scenes, progress=True)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -105,6 +106,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _check_demo(args: argparse.Namespace) -> None:
     args.guard = guard_config(args)
+    check_output_folder(args.out, "--out")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    check_output_folder(args.out, "--out")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -117,7 +123,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         eot_samples=args.eot_samples,
         guard=args.guard,
     )
-    summary = run_demo(config, args.out, progress=sys.stderr.isatty())
+    # Phases as lines on stderr; the attacks (when they optimise) show a bar on a terminal, lines elsewhere.
+    summary = run_demo(config, args.out, progress=True, log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -281,7 +281,7 @@ class OpenAIJudge(SafetyJudge):
             "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
         }
         try:
-            return self._client.chat(body)
+            return self._client.chat(body).content
         except UpstreamError as exc:
             if exc.status is None:
                 message = f"cannot reach the judge at {self.endpoint} ({exc.detail}); is it running?"

@@ -9,9 +9,10 @@ from typing import Any
 
 
 def plot_vs_sigma(
-    rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, *, title: str, ylabel: str
+    rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: Path, *, title: str, ylabel: str, noise_space: str
 ) -> Path:
-    """One line per metric key of ``rows`` (each row has ``sigma`` and those keys) against sigma."""
+    """One line per metric key of ``rows`` (each row has ``sigma`` and those keys) against sigma, whose
+    ``noise_space`` the x-axis names."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.5, 3.8), layout="constrained")
@@ -21,7 +22,7 @@ def plot_vs_sigma(
         points = [(row["sigma"], row[metric]) for row in ordered if row.get(metric) is not None]
         if points:
             axes.plot(*zip(*points, strict=True), marker="o", label=metric)
-    axes.set_xlabel("sigma (noise std, in the run's noise space)")
+    axes.set_xlabel(f"sigma (noise std, {noise_space} units)")
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)

@@ -12,7 +12,7 @@ def render_report(summary: dict[str, Any]) -> str:
     guard = settings["guard"]
     defense = guard["defense"]
     how = (
-        f"SmoothGuard, sigma {defense['sigma']} ({defense['noise_space'] or 'model default'} space), "
+        f"SmoothGuard, sigma {defense['sigma']} ({defense['noise_space']} space), "
         f"{defense['num_copies']} noisy copies + the clean one, seed {defense['seed']}"
         if defense
         else "undefended"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,18 +53,22 @@ class GuardSpec:
     def defended(self) -> bool:
         return self.guard.defended
 
-    def settings(self, adapter: MLLMAdapter | None = None) -> dict[str, Any]:
-        """The part of the run settings that shapes the answers, with the noise space resolved: from
-        ``adapter`` when it is loaded already, else from the checkpoint's config (no weights loaded)."""
+    def resolved(self, adapter: MLLMAdapter | None = None) -> GuardSpec:
+        """This spec with the guard's noise space and sigma made concrete: from ``adapter`` when it is loaded
+        already, else from the checkpoint's config (no weights loaded). The undefended one as it is."""
         from smoothguard.models.auto import resolve_noise_space
 
+        if not self.defended:
+            return self
+        space = self.guard.noise_space or (adapter.default_noise_space if adapter else None)
+        return replace(self, guard=self.guard.resolve(resolve_noise_space(self.model, space)))
+
+    def settings(self) -> dict[str, Any]:
+        """The part of the run settings that shapes the answers (call it on a ``resolved`` spec)."""
         model = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
         guard: dict[str, Any] = {"model": model, "dtype": self.dtype, "defense": None}
         if self.defended:
-            space = self.guard.noise_space or (adapter.default_noise_space if adapter else None)
-            config = self.guard.replace(noise_space=resolve_noise_space(self.model, space))
-            shaping = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_SETTINGS}
-            guard["defense"] = shaping
+            guard["defense"] = {k: v for k, v in self.guard.to_dict().items() if k not in RUNTIME_SETTINGS}
         return guard
 
     def load_model(self) -> MLLMAdapter:
@@ -105,9 +109,11 @@ def evaluate(
     adapter, or a zero-argument loader called only if there is work left (default: ``spec.load_model``).
     ``limit``: the first N items only; ``shard``: ``(i, n)`` of those. ``questions_per_batch``: items
     guarded per ``generate_batch`` call (all their candidates in one ``generate``, capped by
-    ``spec.guard.batch_size``). ``progress``: a tqdm bar (``None``: only on a terminal).
+    ``spec.guard.batch_size``). ``progress``: ``False`` shows none; ``True`` or ``None`` a bar on a terminal,
+    periodic lines on stderr otherwise (``smoothguard.progress``).
     """
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    spec = spec.resolved(model if isinstance(model, MLLMAdapter) else None)
     options = {key: value for key, value in (options or {}).items() if value is not None}
     data_dir = Path(data) if data is not None else None
     for name, value in (
@@ -130,7 +136,7 @@ def evaluate(
         "benchmark": bench.name,
         "data": str(data_dir.resolve()) if data_dir is not None else None,
         "options": _jsonable(options),
-        "guard": spec.settings(model if isinstance(model, MLLMAdapter) else None),
+        "guard": spec.settings(),
         "max_new_tokens": tokens,
         "judge": judge.identity() if judge else None,
     }
@@ -177,15 +183,18 @@ def _generate(
     max_new_tokens: int,
     progress: bool | None,
 ) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
+    from smoothguard.progress import Progress
 
     written: list[dict[str, Any]] = []
-    bar = tqdm(total=len(todo), desc=bench.name, unit="item", disable=None if progress is None else not progress)
+    bar = Progress(len(todo), f"eval {bench.name}", "item", enabled=progress)
     with DurableAppender(path) as appender, bar:
         for start in range(0, len(todo), questions_per_batch):
             batch = todo[start : start + questions_per_batch]
             results = guard.generate_batch(
-                [i.prompt for i in batch], [i.image for i in batch], max_new_tokens=max_new_tokens
+                [i.prompt for i in batch],
+                [i.image for i in batch],
+                ids=[i.id for i in batch],
+                max_new_tokens=max_new_tokens,
             )
             started = time.perf_counter()
             extras = bench.assess(batch, [r.text for r in results], judge)

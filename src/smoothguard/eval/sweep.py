@@ -56,6 +56,7 @@ def run_sweep(
         rows.append(
             {
                 "sigma": sigma,
+                "noise_space": summary["settings"]["guard"]["defense"]["noise_space"],
                 "complete": summary["complete"],
                 "items_done": summary["items"]["done"],
                 **flat,
@@ -65,12 +66,14 @@ def run_sweep(
     metric_columns = [*bench.headline, *sorted(metrics - set(bench.headline))]
     stem = "asr-vs-sigma" if bench.kind == "safety" else "utility-vs-sigma"
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(rows, ["sigma", "complete", "items_done", *metric_columns, "run_folder"], out / f"{stem}.csv")
+    columns = ["sigma", "noise_space", "complete", "items_done", *metric_columns, "run_folder"]
+    csv_path = write_csv(rows, columns, out / f"{stem}.csv")
     plot = plot_vs_sigma(
         rows,
         bench.headline,
         out / f"{stem}.png",
         title=f"{bench.name}: {Path(spec.model).name}, {spec.guard.num_copies} copies",
         ylabel="attack success rate" if bench.kind == "safety" else "score",
+        noise_space=rows[0]["noise_space"],
     )
     return {"rows": rows, "csv": str(csv_path), "plot": str(plot)}

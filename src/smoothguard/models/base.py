@@ -15,9 +15,22 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, InputError
 
 Modality = Literal["image", "audio"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer and its token counts: ``prompt_tokens`` (the candidate's input, media tokens included),
+    ``completion_tokens`` (new tokens, the end-of-sequence token included) and ``finish_reason``: ``stop``
+    (the model ended its answer) or ``length`` (``max_new_tokens`` or a time budget cut it). A remote
+    model reports what its endpoint says (counts ``None`` when it says nothing)."""
+
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str
 
 
 @dataclass
@@ -107,6 +120,28 @@ class MLLMAdapter(ABC):
         """Token ids for ``prompt`` in the model's chat template with the media placeholders
         expanded for ``media`` (one medium, [3, H, W] or [T]): ``input_ids`` etc., each [1, L]."""
 
+    def checked_prompt(self, prompt: str) -> str:
+        """``prompt`` ready for the chat template: a leading media placeholder (``<image>``, as LLaVA's own
+        scripts write it) is dropped, since the adapter places the medium itself; InputError if the prompt
+        still holds one of the tokenizer's special tokens (a media placeholder, a chat marker such as
+        ``<|im_start|>``), which would break the media token expansion or forge a chat turn."""
+        placeholder = getattr(self.processor, "image_token", None) or getattr(self.processor, "audio_token", None)
+        stripped = prompt.lstrip()
+        if placeholder and stripped.startswith(placeholder) and stripped.count(placeholder) == 1:
+            prompt = stripped[len(placeholder) :].lstrip()
+        special = {token for token in self.tokenizer.all_special_tokens if token}
+        special |= {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
+        found = sorted(token for token in special if token in prompt)
+        if found:
+            hint = f" (a single {placeholder} at the very start is accepted)" if placeholder else ""
+            raise InputError(
+                f"the prompt contains {', '.join(map(repr, found))}, special token(s) of {self.name}'s tokenizer; "
+                f"leave media placeholders and chat markers out: the {self.modality} is placed for you{hint}"
+            )
+        if not prompt.strip():
+            raise InputError("the prompt is empty once its media placeholder is dropped; add a question")
+        return prompt
+
     def slice_media(self, media: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
         """The media tensors of copy ``index`` out of a ``preprocess`` output (one row each)."""
         return {key: value[index : index + 1] for key, value in media.items()}
@@ -142,12 +177,16 @@ class MLLMAdapter(ABC):
             batch[key] = value.to(self.dtype) if value.is_floating_point() else value
         return batch
 
-    @torch.inference_mode()
     def generate(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[str]:
+        """The answers of :meth:`complete`: one decoded, stripped text per query, in order."""
+        return [generation.text for generation in self.complete(queries, **generate_kwargs)]
+
+    @torch.inference_mode()
+    def complete(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[Generation]:
         """Answer every query with ONE ``model.generate`` call; greedy unless told otherwise.
 
-        ``generate_kwargs`` go to HF ``generate`` (``max_new_tokens``, ``do_sample``, ...).
-        Returns one decoded, stripped answer per query, in order.
+        ``generate_kwargs`` go to HF ``generate`` (``max_new_tokens``, ``do_sample``, ``max_time``, ...).
+        Returns one :class:`Generation` per query, in order.
         """
         if not queries:
             return []
@@ -160,4 +199,27 @@ class MLLMAdapter(ABC):
         output = self.model.generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts]
+        stops = self._eos_ids(kwargs.get("eos_token_id"))
+        generations = []
+        for row, text, prompt_length in zip(
+            new_tokens.tolist(), texts, batch["attention_mask"].sum(1).tolist(), strict=True
+        ):
+            ended = next((i for i, token in enumerate(row) if token in stops), None)
+            generations.append(
+                Generation(
+                    text=text.strip(),
+                    prompt_tokens=int(prompt_length),
+                    completion_tokens=len(row) if ended is None else ended + 1,
+                    finish_reason="length" if ended is None else "stop",
+                )
+            )
+        return generations
+
+    def _eos_ids(self, given: int | Sequence[int] | None = None) -> set[int]:
+        """The token ids that end an answer: ``given`` (a ``generate`` argument), else the generation
+        config's, and the tokenizer's end-of-sequence."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        configured = configured if given is None else given
+        ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+        ids.add(self.tokenizer.eos_token_id)
+        return {int(token) for token in ids if token is not None}

@@ -17,8 +17,10 @@ TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def to_uint8_image(pixels: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [0, 1] -> uint8 [H, W, 3], the form HF processors expect."""
-    return (pixels.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    """[3, H, W] in [0, 1] (or already uint8) -> uint8 [H, W, 3], the form HF processors expect."""
+    if pixels.dtype != torch.uint8:
+        pixels = (pixels.detach().float().clamp(0, 1) * 255).round().byte()
+    return pixels.permute(1, 2, 0).cpu().numpy()
 
 
 class ImageAdapter(MLLMAdapter):
@@ -57,5 +59,6 @@ class ImageAdapter(MLLMAdapter):
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
         # The processor expands the image placeholder to the image's token count; the pixel values
         # it computes on the way are discarded (ours come from ``preprocess``).
-        encoded = self.processor(text=self.chat_prompt(prompt), images=to_uint8_image(media), return_tensors="pt")
+        text = self.chat_prompt(self.checked_prompt(prompt))
+        encoded = self.processor(text=text, images=to_uint8_image(media), return_tensors="pt")
         return {key: encoded[key] for key in self.text_keys if key in encoded}

@@ -1,6 +1,7 @@
 """Differentiable torch versions of the HF image-processor steps (pad to square, resize, centre crop,
 normalise), for pixels in [0, 1]. Bicubic resizing uses torch's antialiased kernel, which follows
-PIL's (a = -0.5); values are clamped to [0, 1] after resizing as PIL's 8-bit output is."""
+PIL's (a = -0.5), in PIL's two 1-D passes (horizontal first), each clamped to [0, 1] as PIL's 8-bit
+output is; only PIL's rounding to 8 bits after each pass is left out (about 1/255 at most)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,26 @@ def resample_mode(resample: Any) -> str:
 
 
 def resize(pixels: torch.Tensor, height: int, width: int, mode: str = "bicubic") -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, height, width], antialiased when shrinking, clamped to [0, 1]."""
+    """[B, C, H, W] -> [B, C, height, width], antialiased when shrinking, clamped to [0, 1].
+
+    As PIL resizes an 8-bit image (``ImagingResampleInner``): the width first, then the height, each
+    pass clamped. Bicubic overshoots past 0 and 1 at hard edges and on noise; clamping only at the end
+    would let that overshoot into the second pass, up to ~25/255 away from PIL at such pixels.
+    """
     if pixels.shape[-2:] == (height, width):
         return pixels
+    if pixels.shape[-1] != width:
+        pixels = _resize_pass(pixels, pixels.shape[-2], width, mode)
+    if pixels.shape[-2] != height:
+        pixels = _resize_pass(pixels, height, width, mode)
+    return pixels
+
+
+def _resize_pass(pixels: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """One interpolation of [B, C, H, W] to (height, width), clamped to [0, 1]."""
     antialias = mode in ("bilinear", "bicubic")
     kwargs: dict[str, Any] = {"antialias": antialias, "align_corners": False} if antialias else {}
-    out = F.interpolate(pixels, size=(height, width), mode=mode, **kwargs)
-    return out.clamp(0.0, 1.0)
+    return F.interpolate(pixels, size=(height, width), mode=mode, **kwargs).clamp(0.0, 1.0)
 
 
 def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:

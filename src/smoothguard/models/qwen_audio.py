@@ -130,7 +130,7 @@ class QwenAudioAdapter(MLLMAdapter):
         # The processor expands the audio placeholder to the clip's token count; the features it
         # computes on the way are discarded (ours come from ``preprocess``).
         encoded = self.processor(
-            text=self.chat_prompt(prompt, waveform),
+            text=self.chat_prompt(self.checked_prompt(prompt), waveform),
             audio=waveform,
             sampling_rate=self.sampling_rate,
             return_tensors="pt",

@@ -101,6 +101,62 @@ class QwenVLPreprocessor:
         return {"pixel_values": pixel_values, "image_grid_thw": grid.contiguous()}
 
 
+#: Image-processor class names that checkpoints saved by earlier releases carry and transformers no
+#: longer has -> the current class (the legacy ``Fast`` suffix is dropped first, as transformers does).
+#: The first hub upload of Qwen2.5-VL named ``Qwen2_5_VLImageProcessor``; both versions use Qwen2-VL's.
+RENAMED_IMAGE_PROCESSORS = {"Qwen2_5_VLImageProcessor": "Qwen2VLImageProcessor"}
+
+
+def current_image_processor_name(name: str | None) -> str | None:
+    """The current name of the image-processor class ``name``, or ``None`` when it was not renamed."""
+    if name is None:
+        return None
+    return RENAMED_IMAGE_PROCESSORS.get(name.removesuffix("Fast"))
+
+
+def load_image_processor(source: str, **kwargs: Any) -> Any:
+    """The image processor of checkpoint ``source``, with a renamed class name mapped to its current one.
+
+    Reads the checkpoint's image-processor settings (``processor_config.json``'s nested
+    ``image_processor`` or ``preprocessor_config.json``), and where ``image_processor_type`` names a
+    class in ``RENAMED_IMAGE_PROCESSORS`` builds the current class from them (torchvision backend where
+    torchvision is installed, else PIL); otherwise ``AutoImageProcessor``. Nothing is written to
+    ``source``.
+    """
+    from transformers import AutoImageProcessor, ImageProcessingMixin
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+    from transformers.utils import is_torchvision_available
+
+    settings, unused = ImageProcessingMixin.get_image_processor_dict(source, **kwargs)
+    name = current_image_processor_name(settings.get("image_processor_type"))
+    if name is None:
+        return AutoImageProcessor.from_pretrained(source, **kwargs)
+    backends = [name, f"{name}Pil"] if is_torchvision_available() else [f"{name}Pil", name]
+    for class_name in backends:
+        image_processor_class = get_image_processor_class_from_name(class_name)
+        if image_processor_class is not None and not getattr(image_processor_class, "is_dummy", False):
+            return image_processor_class.from_dict({**settings, "image_processor_type": class_name}, **unused)
+    raise UnsupportedError(
+        f"{source} names the image processor {settings['image_processor_type']!r}, now {name!r}, "
+        "which this transformers cannot build; upgrade transformers"
+    )
+
+
+def needs_image_only_processor(exc: BaseException, source: str, **kwargs: Any) -> bool:
+    """Whether ``AutoProcessor`` failed with ``exc`` on what an image-only processor avoids: the video
+    processor (no torchvision, or no video config) or a renamed image-processor class."""
+    from transformers import ImageProcessingMixin
+
+    message = str(exc).lower()
+    if any(part in message for part in ("video processor", "videoprocessor", "torchvision")):
+        return True
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(source, **kwargs)
+    except (OSError, ValueError):
+        return False
+    return current_image_processor_name(settings.get("image_processor_type")) is not None
+
+
 def image_only_processor_class(processor_class: type) -> type:
     """``processor_class`` (``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor``) without a video processor.
 
@@ -131,14 +187,15 @@ class QwenVLAdapter(ImageAdapter):
 
     @classmethod
     def load_processor(cls, source: str, **kwargs: Any) -> Any:
-        """The checkpoint's processor via ``AutoProcessor``; where that fails on the VIDEO processor
-        (transformers 5.x builds it only with torchvision, and a folder may have no video config), an
-        image-only ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` from the checkpoint's image
-        processor (PIL backend without torchvision), tokenizer and chat template. Other errors propagate.
+        """The checkpoint's processor via ``AutoProcessor``. Where that fails on the VIDEO processor
+        (transformers 5.x builds it only with torchvision, and a folder may have no video config) or on
+        an image processor class that was renamed since the checkpoint was saved
+        (``RENAMED_IMAGE_PROCESSORS``): an image-only ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` from
+        the checkpoint's image processor (``load_image_processor``: PIL backend without torchvision),
+        tokenizer and chat template. Other errors propagate; the checkpoint's files are only read.
         """
         from transformers import (
             AutoConfig,
-            AutoImageProcessor,
             AutoProcessor,
             AutoTokenizer,
             Qwen2_5_VLProcessor,
@@ -147,8 +204,8 @@ class QwenVLAdapter(ImageAdapter):
 
         try:
             return AutoProcessor.from_pretrained(source, **kwargs)
-        except (ImportError, OSError) as exc:
-            if "video" not in str(exc).lower():
+        except (ImportError, OSError, ValueError) as exc:
+            if not needs_image_only_processor(exc, source, **kwargs):
                 raise
         model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
         processor_class = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
@@ -156,7 +213,7 @@ class QwenVLAdapter(ImageAdapter):
         processor_dict, _ = processor_class.get_processor_dict(source, **kwargs)
         chat_template = processor_dict.get("chat_template") or tokenizer.chat_template
         return image_only_processor_class(processor_class)(
-            image_processor=AutoImageProcessor.from_pretrained(source, **kwargs),
+            image_processor=load_image_processor(source, **kwargs),
             tokenizer=tokenizer,
             chat_template=chat_template,
         )

@@ -6,8 +6,8 @@ the part after ``openai:`` up to ``#`` is the API base URL (``http`` or ``https`
 endpoint needs one, is read from ``SMOOTHGUARD_REMOTE_API_KEY`` (or passed as ``api_key=``).
 
 How it fits the adapter contract: the remote server owns tokenisation and preprocessing, so
-``preprocess`` is the identity on [0, 1] pixels (``{"pixels": [B, 3, H, W]}``) and ``prompt_text``
-carries the prompt as its UTF-8 bytes (``input_ids`` [1, L]). Only ``pixel`` noise exists: each
+``preprocess`` quantises [0, 1] pixels to the 8-bit images it sends (``{"pixels": [B, 3, H, W]}``, uint8)
+and ``prompt_text`` carries the prompt as its UTF-8 bytes (``input_ids`` [1, L]). Only ``pixel`` noise exists: each
 candidate is clamped to [0, 1], quantised to 8 bits, encoded as a PNG ``data:`` URI and posted as
 one chat completion. ``generate`` posts the candidates concurrently (at most ``max_concurrency`` in
 flight per adapter) through :class:`~smoothguard.openai_client.OpenAIClient` (a timeout per request,
@@ -31,7 +31,7 @@ from PIL import Image
 
 from smoothguard.errors import ConfigError, UnsupportedError
 from smoothguard.models import REMOTE_PREFIX
-from smoothguard.models.base import MLLMAdapter, Query
+from smoothguard.models.base import Generation, MLLMAdapter, Query
 from smoothguard.models.image import to_uint8_image
 from smoothguard.openai_client import OpenAIClient, UpstreamError
 
@@ -55,7 +55,7 @@ def parse_remote(source: str) -> tuple[str, str]:
 
 
 def png_data_uri(pixels: torch.Tensor) -> str:
-    """Pixels [3, H, W] in [0, 1] -> ``data:image/png;base64,...`` (8-bit RGB)."""
+    """Pixels [3, H, W] (uint8, or float in [0, 1]) -> ``data:image/png;base64,...`` (8-bit RGB)."""
     buffer = io.BytesIO()
     Image.fromarray(to_uint8_image(pixels)).save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -119,16 +119,18 @@ class RemoteAdapter(MLLMAdapter):
 
     # ------------------------------------------------------------- preprocessing
     def preprocess(self, media: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Identity: pixels [B, 3, H, W] in [0, 1] -> ``{"pixels": [B, 3, H, W]}`` (float32)."""
-        return {"pixels": media.float()}
+        """Pixels [B, 3, H, W] in [0, 1] -> ``{"pixels": [B, 3, H, W]}``: the 8-bit images the endpoint
+        receives (uint8, a quarter of float32's memory while a request's copies wait to be sent)."""
+        return {"pixels": (media.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)}
 
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prompt as UTF-8 bytes ``input_ids`` [1, L]; the server applies its own chat template."""
         return {"input_ids": torch.tensor([list(prompt.encode("utf-8"))], dtype=torch.long)}
 
     # ---------------------------------------------------------------- generation
-    def generate(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[str]:
-        """Post every query concurrently; one answer per query, in order. ``generate_kwargs``:
+    def complete(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[Generation]:
+        """Post every query concurrently; one answer per query, in order, with the token counts and finish
+        reason the endpoint reports. ``generate_kwargs``:
         ``max_new_tokens`` (default 128), ``do_sample`` (default False: temperature 0), and with
         sampling ``temperature`` / ``top_p``. Raises UpstreamError once any query has failed."""
         unknown = sorted(set(generate_kwargs) - set(_GENERATE_KWARGS))
@@ -160,13 +162,19 @@ class RemoteAdapter(MLLMAdapter):
         content = [image, {"type": "text", "text": prompt}]
         return {"model": self.model_name, "messages": [{"role": "user", "content": content}], **options}
 
-    def _complete(self, payload: dict[str, Any], batch: _Batch) -> str:
+    def _complete(self, payload: dict[str, Any], batch: _Batch) -> Generation:
         """One chat completion with retries; not retried once another query of the same batch has failed."""
         try:
-            return self._client.chat(payload, should_stop=batch.failed.is_set).strip()
+            reply = self._client.chat(payload, should_stop=batch.failed.is_set)
         except UpstreamError as exc:
             batch.fail(exc)
             raise
+        return Generation(
+            text=reply.content.strip(),
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            finish_reason=reply.finish_reason or "stop",
+        )
 
 
 class _Batch:

@@ -1,6 +1,6 @@
 """OpenAI-compatible serving: ``create_app`` for a local model or, with a remote model, a guard proxy.
 
-``smoothguard serve`` (``server/cli.py``) runs it with uvicorn; ``BackgroundServer`` runs it in a
+``smoothguard serve`` (``cli/serve.py``) runs it with uvicorn; ``BackgroundServer`` runs it in a
 thread on a loopback port.
 """
 

@@ -1,9 +1,10 @@
 """Images and audio clips of a request -> tensors, within the server's limits.
 
 Images come as ``data:image/png;base64,...`` / ``data:image/jpeg;base64,...`` URIs, or as ``http(s)``
-URLs that start with an allowed prefix (fetched without redirects, at most ``max_body_bytes``); the
-pixel count is checked from the header before any pixel is decoded. Audio comes as base64 with its
-``format`` (``input_audio``). Failures raise ``ApiError``: 413 for sizes over a limit, 422 otherwise.
+URLs under an allowed prefix (``urls.py``: normalised first, and the normal form is what is fetched,
+without redirects, at most ``max_body_bytes``); the pixel count is checked from the header before any
+pixel is decoded. Audio comes as base64 with its ``format`` (``input_audio``). Failures raise
+``ApiError``: 413 for sizes over a limit, 422 otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from smoothguard.inputs import load_audio, load_image
 from smoothguard.openai_client import is_loopback
 from smoothguard.server.errors import ApiError
 from smoothguard.server.settings import ServerSettings
+from smoothguard.server.urls import UrlRefused
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
@@ -40,16 +42,8 @@ def decode_image(url: str, settings: ServerSettings, param: str) -> torch.Tensor
         if "base64" not in options:
             raise ApiError(422, "invalid_image", f"{param}: the data URI must be base64 (data:{mime};base64,...)")
         raw = _base64(data, param)
-    elif url.startswith(("http://", "https://")):
-        if not settings.url_allowed(url):
-            raise ApiError(
-                422,
-                "image_url_not_allowed",
-                f"{param}: this server does not fetch remote images; send the image inline as a data: URI "
-                "(base64 PNG or JPEG), or start the server with --allow-url-prefix",
-                param=param,
-            )
-        raw = _fetch(url, settings, param)
+    elif url.partition(":")[0].lower() in ("http", "https"):
+        raw = _fetch(_allowed_url(url, settings, param), settings, param)
     else:
         raise ApiError(422, "invalid_image", f"{param}: image_url must be a data: URI (base64 PNG/JPEG)", param=param)
     return _pixels(raw, settings.max_image_pixels, param)
@@ -81,6 +75,27 @@ def _base64(data: str, param: str) -> bytes:
         return base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, "invalid_base64", f"{param}: the data is not valid base64", param=param) from None
+
+
+def _allowed_url(url: str, settings: ServerSettings, param: str) -> str:
+    """The normalised form of an ``http(s)`` image URL, to fetch; 422 ``image_url_not_allowed`` otherwise."""
+    if not settings.allow_url_prefixes:
+        raise ApiError(
+            422,
+            "image_url_not_allowed",
+            f"{param}: this server does not fetch remote images; send the image inline as a data: URI "
+            "(base64 PNG or JPEG), or start the server with --allow-url-prefix",
+            param=param,
+        )
+    try:
+        return settings.allowed_url(url)
+    except UrlRefused as exc:
+        raise ApiError(
+            422,
+            "image_url_not_allowed",
+            f"{param}: this image URL is not fetched: {exc}; send the image inline as a data: URI (base64 PNG or JPEG)",
+            param=param,
+        ) from None
 
 
 def _fetch(url: str, settings: ServerSettings, param: str) -> bytes:

@@ -9,6 +9,7 @@ own chat template. Earlier assistant turns are refused: the models are asked one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,16 @@ class ChatInput:
 
 
 def parse_messages(
-    messages: list[dict[str, Any]], modality: str, settings: ServerSettings, sampling_rate: int | None = None
+    messages: list[dict[str, Any]],
+    modality: str,
+    settings: ServerSettings,
+    sampling_rate: int | None = None,
+    *,
+    check_prompt: Callable[[str], None] | None = None,
 ) -> ChatInput:
-    """Validate ``messages`` and decode their one medium (422/413 ``ApiError`` naming the field at fault)."""
+    """Validate ``messages`` and decode their one medium (422/413 ``ApiError`` naming the field at fault).
+
+    ``check_prompt`` sees the prompt before the medium is decoded (or fetched), and may refuse it."""
     texts: list[str] = []
     media: list[tuple[dict[str, Any], str]] = []
     for i, message in enumerate(messages):
@@ -62,6 +70,8 @@ def parse_messages(
     prompt = "\n".join(text for text in texts if text.strip())
     if not prompt:
         raise _invalid("the messages hold no text: add a text part with the question", "messages", "missing_prompt")
+    if check_prompt is not None:
+        check_prompt(prompt)
     return ChatInput(prompt, _medium(media, modality, settings, sampling_rate))
 
 

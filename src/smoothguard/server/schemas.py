@@ -73,9 +73,15 @@ class ChatRequest(BaseModel):
 
 
 def completion_body(
-    result: GuardResult, model: str, *, return_candidates: bool, timings: dict[str, float]
+    result: GuardResult,
+    model: str,
+    *,
+    return_candidates: bool,
+    timings: dict[str, float],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI ``chat.completion`` object for ``result``, with SmoothGuard's evidence in ``smoothguard``."""
+    """The OpenAI ``chat.completion`` object for ``result``, with SmoothGuard's evidence in ``smoothguard``
+    (``extra``: the server's own fields, e.g. where the seed came from and whether the time budget cut it)."""
     config = result.config
     evidence: dict[str, Any] = {
         "defended": config["num_copies"] > 0,
@@ -90,16 +96,29 @@ def completion_body(
         "cluster_sizes": result.cluster_sizes,
         "num_distinct": result.num_distinct,
         "embedder": config["embedder"],
+        **(extra or {}),
         "timings": timings,
     }
+    evidence["usage"] = _usage(result.prompt_tokens, result.completion_tokens)  # every candidate, all told
     if return_candidates:
         evidence.update(candidates=result.candidates, cluster_labels=result.cluster_labels)
+    chosen = result.chosen_index
+    reason = result.finish_reasons[chosen] if result.finish_reasons else "stop"
+    message = {"role": "assistant", "content": result.text}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": "stop"}],
-        "usage": None,
+        "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+        "usage": _usage(result.prompt_tokens[chosen : chosen + 1], result.completion_tokens[chosen : chosen + 1]),
         "smoothguard": evidence,
     }
+
+
+def _usage(prompt_tokens: list[int | None], completion_tokens: list[int | None]) -> dict[str, int] | None:
+    """OpenAI's ``usage`` over these candidates (``None`` when the model reported no counts)."""
+    if not prompt_tokens or None in prompt_tokens or None in completion_tokens:
+        return None
+    prompt, completion = sum(prompt_tokens), sum(completion_tokens)  # type: ignore[arg-type]
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -1,11 +1,13 @@
-"""What a server allows: request limits, per-request override bounds, the API key, fetchable URL prefixes."""
+"""What a server allows: request limits, per-request override bounds, the API key, fetchable URL prefixes,
+the time budget of a request and where its noise seed comes from."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from smoothguard.errors import ConfigError
+from smoothguard.server.urls import UrlPrefix, UrlRefused, normalize_url
 
 
 @dataclass(frozen=True)
@@ -17,8 +19,13 @@ class ServerSettings:
     (never printed: not in the repr). ``max_body_bytes`` / ``max_image_pixels``: larger requests get
     413. ``max_num_copies`` / ``max_sigma`` / ``max_new_tokens``: bounds of a request's overrides
     (422 above them). ``default_max_new_tokens``: when a request names none. ``allow_url_prefixes``:
-    ``http(s)`` image URLs starting with one of these are fetched (no redirects, ``max_body_bytes``
-    at most, ``fetch_timeout`` seconds); every other URL is refused.
+    ``http(s)`` image URLs under one of these are fetched, in their normalised form (``urls.py``: the
+    same scheme, host and port, the prefix's path segments first; no redirects, ``max_body_bytes`` at
+    most, ``fetch_timeout`` seconds); every other URL is refused. ``max_prompt_tokens``: longer prompts
+    get 413 (tokens of the model's tokenizer; UTF-8 bytes for a remote model). ``request_timeout``:
+    seconds a request may hold a local model (generation stops there, and the answer says so);
+    ``smoothguard serve`` lowers a proxy's upstream timeout to it. ``fixed_seed``: every request uses the guard's seed
+    (unless it overrides it); ``False`` (the default) draws a fresh seed from the OS per request.
     """
 
     model_name: str | None = None
@@ -31,11 +38,25 @@ class ServerSettings:
     default_max_new_tokens: int = 128
     allow_url_prefixes: tuple[str, ...] = ()
     fetch_timeout: float = 10.0
+    max_prompt_tokens: int = 2048
+    request_timeout: float = 120.0
+    fixed_seed: bool = False
+    _prefixes: tuple[UrlPrefix, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_image_pixels", "max_new_tokens", "default_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.max_prompt_tokens, bool) or not isinstance(self.max_prompt_tokens, int):
+            raise ConfigError(f"max_prompt_tokens must be an integer, got {self.max_prompt_tokens!r}")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"max_prompt_tokens (--max-prompt-tokens) must be >= 1, got {self.max_prompt_tokens}")
+        if not (isinstance(self.request_timeout, (int, float)) and math.isfinite(self.request_timeout)):
+            raise ConfigError(
+                f"request_timeout (--request-timeout) must be a finite number of seconds, got {self.request_timeout!r}"
+            )
+        if self.request_timeout <= 0:
+            raise ConfigError(f"request_timeout (--request-timeout) must be > 0 seconds, got {self.request_timeout}")
         if self.max_num_copies < 0 or self.max_sigma < 0 or self.fetch_timeout <= 0:
             raise ConfigError("max_num_copies and max_sigma must be >= 0 and fetch_timeout > 0")
         if self.default_max_new_tokens > self.max_new_tokens:
@@ -44,14 +65,31 @@ class ServerSettings:
             )
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty; set the variable to a non-empty key")
+        prefixes = []
         for prefix in self.allow_url_prefixes:
-            parts = urlsplit(prefix)
-            if parts.scheme not in ("http", "https") or not parts.netloc or not parts.path.startswith("/"):
+            try:
+                prefixes.append(UrlPrefix.parse(prefix))
+            except UrlRefused as exc:
                 raise ConfigError(
-                    f"URL prefix {prefix!r} must be http(s)://HOST[:PORT]/PATH... with at least the '/' "
-                    "after the host, so that it cannot match another host"
-                )
+                    f"URL prefix {prefix!r} is not usable ({exc}); write it as http(s)://HOST[:PORT]/PATH..."
+                ) from None
+        object.__setattr__(self, "_prefixes", tuple(prefixes))
+
+    def allowed_url(self, url: str) -> str:
+        """The normalised form of ``url``, the URL to fetch; UrlRefused naming the reason unless it is under
+        an allowed prefix."""
+        normal = normalize_url(url)
+        if not any(prefix.matches(normal) for prefix in self._prefixes):
+            raise UrlRefused(
+                "it is not under an allowed --allow-url-prefix (scheme, host, port and the leading path "
+                "segments must match)"
+            )
+        return normal.url
 
     def url_allowed(self, url: str) -> bool:
-        """Whether ``url`` may be fetched (it starts with an allowed prefix)."""
-        return any(url.startswith(prefix) for prefix in self.allow_url_prefixes)
+        """Whether ``url`` may be fetched (``allowed_url`` accepts it)."""
+        try:
+            self.allowed_url(url)
+        except UrlRefused:
+            return False
+        return True

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,19 @@ class DemoConfig:
     queries_per_batch: int = 16
 
 
-def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run every step; write images, ``summary.json`` and ``demo.png`` to ``out_dir``; return the summary."""
+def run_demo(
+    config: DemoConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool | None = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every step; write the images it uses (``clean.png``, ``universal.png``, ``adaptive.png``, with the
+    attacks' sidecars), ``summary.json`` and ``demo.png`` to ``out_dir``; return the summary.
+
+    ``progress``: the attacks' progress when they optimise (``smoothguard.progress``); ``log``: called with one
+    line per phase (utility, each adversarial image, each attack success rate)."""
+    log = log or (lambda line: None)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -66,22 +79,37 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
 
     pope = TestbedPopeBenchmark()
     pope_items = pope.load_items(None, num_scenes=config.pope_scenes)
+    resolved = guard.config
+    log(
+        f"[demo] measuring utility on {len(pope_items)} testbed-pope items, undefended and through SmoothGuard "
+        f"(sigma {resolved.sigma:g} {resolved.noise_space}, {resolved.num_copies} copies + the clean one)"
+    )
+    began = time.perf_counter()
     utility = {
         name: _score(pope, pope_items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
     }
+    log(
+        f"[demo] utility, {len(pope_items)} testbed-pope items: {_both(utility, 'mean', 'accuracy')} "
+        f"({time.perf_counter() - began:.0f} s)"
+    )
 
     clean = scene_pixels(held_out_scenes(1, badge=False)[0])
-    universal = _adversarial(model, clean, "universal", config, None, out_dir, progress)
+    universal = _adversarial(model, clean, "universal", config, None, out_dir, progress, log)
     adaptive = _adversarial(
-        model, clean, "adaptive", config, EOT.from_guard(guard, config.eot_samples), out_dir, progress
+        model, clean, "adaptive", config, EOT.from_guard(guard, config.eot_samples), out_dir, progress, log
     )
     safety = TestbedSafetyBenchmark()
     asr = {}
     for label, image in (("asr_clean", clean), ("asr", universal), ("asr_adaptive", adaptive)):
         items = safety.load_items(None, universal_image=image)
+        began = time.perf_counter()
         asr[label] = {
             name: _score(safety, items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
         }
+        log(
+            f"[demo] ASR, {_IMAGE_TITLES[label]}, {len(items)} restricted requests: {_both(asr[label], 'all', 'asr')} "
+            f"({time.perf_counter() - began:.0f} s)"
+        )
 
     summary: dict[str, Any] = {
         "utility": {name: scores["mean"]["accuracy"] for name, scores in utility.items()},
@@ -102,6 +130,15 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True) 
     return summary
 
 
+_IMAGE_TITLES = {"asr_clean": "clean image", "asr": "universal image", "asr_adaptive": "adaptive image"}
+
+
+def _both(scores: dict[str, dict[str, Any]], group: str, metric: str) -> str:
+    """``"undefended 0.842, SmoothGuard 0.842"``."""
+    undefended, defended = (scores[name][group][metric] for name in ("undefended", "smoothguard"))
+    return f"undefended {undefended:.3f}, SmoothGuard {defended:.3f}"
+
+
 def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> dict[str, Any]:
     judge = RefusalJudge() if benchmark.judge_required else None
     records = []
@@ -109,7 +146,10 @@ def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: De
     for start in range(0, len(items), step):
         chunk = items[start : start + step]
         results = guard.generate_batch(
-            [i.prompt for i in chunk], [i.image for i in chunk], max_new_tokens=benchmark.max_new_tokens
+            [i.prompt for i in chunk],
+            [i.image for i in chunk],
+            ids=[i.id for i in chunk],
+            max_new_tokens=benchmark.max_new_tokens,
         )
         assessed = benchmark.assess(chunk, [r.text for r in results], judge)
         records += [
@@ -126,9 +166,11 @@ def _adversarial(
     config: DemoConfig,
     eot: EOT | None,
     out_dir: Path,
-    progress: bool,
+    progress: bool | None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> torch.Tensor:
-    """The cached adversarial image of ``kind`` for these settings, optimised if no cache matches."""
+    """The cached adversarial image of ``kind`` for these settings, optimised if no cache matches. Either way
+    ``out_dir`` holds it afterwards (``KIND.png`` and its sidecar; a shipped cache is copied byte for byte)."""
     steps = config.attack_steps if eot is None else config.adaptive_steps
     key = {
         "kind": kind,
@@ -140,10 +182,17 @@ def _adversarial(
         "eot": None if eot is None else eot.describe(),
         "prompts": list(ATTACK_PROMPTS),
     }
-    for folder in (out_dir, SHIPPED_ATTACKS):
+    target = out_dir / f"{kind}.png"
+    for folder, source in ((out_dir, f"cached in {out_dir}"), (SHIPPED_ATTACKS, "shipped with the package")):
         sidecar = folder / f"{kind}.png.json"
         if sidecar.is_file() and json.loads(sidecar.read_text()).get("config", {}).get("demo_key") == key:
-            return load_image(folder / f"{kind}.png")
+            if folder != out_dir and not (target.exists() and target.samefile(folder / target.name)):
+                shutil.copyfile(folder / target.name, target)
+                shutil.copyfile(sidecar, out_dir / sidecar.name)
+            log(f"[demo] {kind} image: {source} (eps {config.eps:g}/255, {steps} steps) -> {target}")
+            return load_image(target)
+    log(f"[demo] {kind} image: no cache for these settings; optimising ({steps} steps)")
+    began = time.perf_counter()
     attack = PGD(
         eps=config.eps,
         alpha=config.alpha,
@@ -156,7 +205,8 @@ def _adversarial(
     objectives = [TargetObjective.of(RESTRICTED[p]) for p in ATTACK_PROMPTS]
     result = attack(model, clean, list(ATTACK_PROMPTS), objectives, checkpoint=out_dir / f"{kind}.ckpt.safetensors")
     result.config["demo_key"] = key
-    save_adversarial(result, out_dir / f"{kind}.png")
+    save_adversarial(result, target)
+    log(f"[demo] {kind} image: optimised in {time.perf_counter() - began:.0f} s -> {target}")
     return result.adversarial
 
 
@@ -201,7 +251,11 @@ def format_table(summary: dict[str, Any]) -> str:
     lines += [
         f"{title:34} {summary[key]['undefended']:>11.3f} {summary[key]['smoothguard']:>12.3f}" for title, key in rows
     ]
-    counts = summary["counts"]
+    counts, guard = summary["counts"], summary["settings"]["guard"]
+    lines.append(
+        f"(SmoothGuard: sigma {guard['sigma']:g} in {guard['noise_space']} space, {guard['num_copies']} noisy copies "
+        "+ the clean one; ASR judged by the refusal judge: the share of answers that do not refuse)"
+    )
     lines.append(
         f"({counts['utility_items']} utility items, {counts['safety_items']} restricted requests; "
         f"{summary['seconds']:.0f} s)"

@@ -7,9 +7,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
 from smoothguard.models.base import MLLMAdapter
+from smoothguard.progress import track
 from smoothguard.testbed.data import held_out_scenes, scene_pixels
 from smoothguard.testbed.scenes import Scene
 from smoothguard.testbed.tasks import (
@@ -63,7 +62,7 @@ def evaluate(model: MLLMAdapter, num_scenes: int = 300, *, batch_size: int = 64,
     ``{"existence": {"accuracy": a, "n": n}, ...}`` plus the issue targets and whether each is met."""
     probes = held_out_probes(num_scenes)
     answers: list[str] = []
-    for start in tqdm(range(0, len(probes), batch_size), desc="evaluate", disable=not progress, leave=False):
+    for start in track(range(0, len(probes), batch_size), "evaluate", "batch", enabled=progress, leave=False):
         chunk = probes[start : start + batch_size]
         queries = [model.encode(p.turn.question, scene_pixels(p.scene)) for p in chunk]
         answers += model.generate(queries, max_new_tokens=16)

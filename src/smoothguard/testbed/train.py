@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from smoothguard.errors import ConfigError
 from smoothguard.models.image_ops import ClipStylePreprocessor
+from smoothguard.progress import Progress
 from smoothguard.testbed.data import IGNORE, ConversationEncoder, held_out_scenes, scene_pixels, training_batch
 from smoothguard.testbed.model import ModelSize, build_model, build_processor
 from smoothguard.testbed.tasks import NEGATIVE_KINDS, attribute_turn, count_turn, existence_turns, restricted_turn
@@ -96,7 +96,7 @@ def train(
     encoder = ConversationEncoder(processor)
     image_tokens = model.config.image_seq_length
     model.train()
-    bar = tqdm(total=config.steps, initial=start, desc="train", disable=not progress)
+    bar = Progress(config.steps, "train", "step", initial=start, enabled=progress)
     started = time.perf_counter()
     for step in range(start, config.steps):
         max_objects = 1 if step < config.curriculum * config.steps else 3
