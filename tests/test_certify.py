@@ -289,3 +289,18 @@ def test_certify_cli_errors_are_one_line(capsys, tmp_path, extra, message):
     assert main(["certify", "--model", "testbed", "--out", str(tmp_path), *extra]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("smoothguard: error:") and message in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------- paired statistics
+def test_two_sided_interval_and_mcnemar_match_their_definitions():
+    from smoothguard.stats import clopper_pearson_interval, mcnemar_exact, rate_with_interval
+
+    low, high = clopper_pearson_interval(5, 8)
+    # Each tail holds 2.5%: P(X >= 5 | low) = 0.025 and P(X <= 5 | high) = 0.025.
+    assert binomial_tail(5, 8, low) == pytest.approx(0.025, abs=1e-9)
+    assert 1 - binomial_tail(6, 8, high) == pytest.approx(0.025, abs=1e-9)
+    assert clopper_pearson_interval(0, 8)[0] == 0.0 and clopper_pearson_interval(8, 8)[1] == 1.0
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(0, 2) == pytest.approx(0.5)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 2**10)
+    assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    assert rate_with_interval(5, 8) == {"k": 5, "n": 8, "rate": 0.625, "ci": [low, high]}

@@ -59,3 +59,24 @@ def normal_quantile(p: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(p))
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Exact two-sided McNemar test of a paired difference: the binomial test of ``only_first`` (items a
+    success under the first condition alone) among the ``only_first + only_second`` discordant items, at
+    p = 1/2. Its p-value; 1.0 when no item is discordant."""
+    check_int("only_first", only_first, minimum=0)
+    check_int("only_second", only_second, minimum=0)
+    if only_first + only_second == 0:
+        return 1.0
+    return binomial_test(only_first, only_first + only_second, 0.5)
+
+
+def rate_with_interval(successes: int, n: int, confidence: float = 0.95) -> dict[str, float | int | list[float]]:
+    """``{"k", "n", "rate", "ci"}``: a rate with its two-sided Clopper–Pearson interval."""
+    return {
+        "k": successes,
+        "n": n,
+        "rate": successes / n,
+        "ci": list(clopper_pearson_interval(successes, n, confidence)),
+    }

@@ -31,6 +31,7 @@ from smoothguard.eval.store import DurableAppender, RunFolder, read_records
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.provenance import versions
+from smoothguard.stats import clopper_pearson_interval
 
 
 def certify_items(
@@ -93,12 +94,19 @@ def certified_accuracy(records: Sequence[dict[str, Any]], radius: float) -> floa
 
 
 def table_row(sigma: float, records: Sequence[dict[str, Any]], radii: Sequence[float]) -> dict[str, Any]:
-    """One row of the table: ``sigma``, ``items``, ``abstain_rate`` and ``certified_accuracy`` per radius."""
+    """One row of the table: ``sigma``, ``items``, ``abstain_rate``, ``certified_accuracy`` per radius and its
+    95% Clopper–Pearson interval (``certified_accuracy_ci``, over the ``items``)."""
+    accuracy = {f"{radius:g}": certified_accuracy(records, radius) for radius in radii}
+    n = len(records)
     return {
         "sigma": sigma,
-        "items": len(records),
-        "abstain_rate": sum(r["abstained"] for r in records) / len(records) if records else 0.0,
-        "certified_accuracy": {f"{radius:g}": certified_accuracy(records, radius) for radius in radii},
+        "items": n,
+        "abstain_rate": sum(r["abstained"] for r in records) / n if records else 0.0,
+        "certified_accuracy": accuracy,
+        "certified_accuracy_ci": {
+            radius: list(clopper_pearson_interval(round(share * n), n)) if n else [0.0, 1.0]
+            for radius, share in accuracy.items()
+        },
     }
 
 
@@ -130,11 +138,13 @@ def format_table(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"certified accuracy at radius r ({summary['radius_units']}); sigma in "
         f"{summary['settings']['guard']['noise_space']} units",
-        f"{'sigma':>8} {'items':>6} " + " ".join(f"{'r=' + r:>8}" for r in radii) + f" {'abstain':>8}",
+        f"{'sigma':>8} {'items':>6} " + " ".join(f"{'r=' + r:>10}" for r in radii) + f" {'abstain':>8}",
     ]
     for row in summary["rows"]:
-        cells = " ".join(f"{row['certified_accuracy'][r]:>8.3f}" for r in radii)
+        cells = " ".join(f"{row['certified_accuracy'][r]:>10.3f}" for r in radii)
         lines.append(f"{row['sigma']:>8g} {row['items']:>6} {cells} {row['abstain_rate']:>8.3f}")
+        bounds = " ".join(f"{_interval(row['certified_accuracy_ci'][r]):>10}" for r in radii)
+        lines.append(f"{'95% CI':>15} {bounds}")
     return lines
 
 
@@ -206,3 +216,8 @@ def _write_table(rows: Sequence[dict[str, Any]], radii: Sequence[float], path: P
         for row in rows
     ]
     return write_csv(flat, columns, path)
+
+
+def _interval(bounds: Sequence[float]) -> str:
+    low, high = bounds
+    return f"{low:.2f}-{high:.2f}"

@@ -33,6 +33,7 @@ from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.image import to_uint8_image
+from smoothguard.stats import mcnemar_exact, rate_with_interval
 from smoothguard.testbed.benchmarks import TestbedPopeBenchmark, TestbedSafetyBenchmark
 from smoothguard.testbed.data import held_out_scenes, scene_pixels
 from smoothguard.testbed.model import CHECKPOINT_DIR
@@ -85,9 +86,9 @@ def run_demo(
         f"(sigma {resolved.sigma:g} {resolved.noise_space}, {resolved.num_copies} copies + the clean one)"
     )
     began = time.perf_counter()
-    utility = {
-        name: _score(pope, pope_items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
-    }
+    utility, outcomes = {}, {}
+    for name, g in (("undefended", undefended), ("smoothguard", guard)):
+        utility[name], outcomes[("utility", name)] = _score(pope, pope_items, g, config)
     log(
         f"[demo] utility, {len(pope_items)} testbed-pope items: {_both(utility, 'mean', 'accuracy')} "
         f"({time.perf_counter() - began:.0f} s)"
@@ -103,9 +104,9 @@ def run_demo(
     for label, image in (("asr_clean", clean), ("asr", universal), ("asr_adaptive", adaptive)):
         items = safety.load_items(None, universal_image=image)
         began = time.perf_counter()
-        asr[label] = {
-            name: _score(safety, items, g, config) for name, g in (("undefended", undefended), ("smoothguard", guard))
-        }
+        asr[label] = {}
+        for name, g in (("undefended", undefended), ("smoothguard", guard)):
+            asr[label][name], outcomes[(label, name)] = _score(safety, items, g, config)
         log(
             f"[demo] ASR, {_IMAGE_TITLES[label]}, {len(items)} restricted requests: {_both(asr[label], 'all', 'asr')} "
             f"({time.perf_counter() - began:.0f} s)"
@@ -120,6 +121,7 @@ def run_demo(
             "safety_items": len(RESTRICTED),
             "attack_prompts": len(ATTACK_PROMPTS),
         },
+        "paired": {row: _paired(outcomes[(row, "undefended")], outcomes[(row, "smoothguard")]) for row in _ROWS},
         "settings": {**asdict(config), "guard": guard.config.to_dict(), "model": model.describe()},
         "details": {"utility": utility, "asr": asr},
         "images": {"clean": "clean.png", "universal": "universal.png", "adaptive": "adaptive.png"},
@@ -131,6 +133,21 @@ def run_demo(
 
 
 _IMAGE_TITLES = {"asr_clean": "clean image", "asr": "universal image", "asr_adaptive": "adaptive image"}
+_ROWS = ("utility", "asr_clean", "asr", "asr_adaptive")
+
+
+def _paired(undefended: list[bool], defended: list[bool]) -> dict[str, Any]:
+    """Both arms' rates over the same items with 95% Clopper–Pearson intervals, and the exact McNemar test
+    of their difference (``only_undefended`` / ``only_smoothguard``: items a success in one arm alone)."""
+    only_undefended = sum(u and not d for u, d in zip(undefended, defended, strict=True))
+    only_defended = sum(d and not u for u, d in zip(undefended, defended, strict=True))
+    return {
+        "undefended": rate_with_interval(sum(undefended), len(undefended)),
+        "smoothguard": rate_with_interval(sum(defended), len(defended)),
+        "only_undefended": only_undefended,
+        "only_smoothguard": only_defended,
+        "mcnemar_p": mcnemar_exact(only_undefended, only_defended),
+    }
 
 
 def _both(scores: dict[str, dict[str, Any]], group: str, metric: str) -> str:
@@ -139,7 +156,11 @@ def _both(scores: dict[str, dict[str, Any]], group: str, metric: str) -> str:
     return f"undefended {undefended:.3f}, SmoothGuard {defended:.3f}"
 
 
-def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> dict[str, Any]:
+def _score(
+    benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig
+) -> tuple[dict[str, Any], list[bool]]:
+    """The benchmark's scores and each item's success: a correct yes/no (utility), an answer the refusal
+    judge finds unsafe, i.e. not refused (safety: the attack succeeded)."""
     judge = RefusalJudge() if benchmark.judge_required else None
     records = []
     step = config.queries_per_batch
@@ -156,7 +177,11 @@ def _score(benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: De
             {"id": i.id, "text": r.text, "meta": i.meta, **extra}
             for i, r, extra in zip(chunk, results, assessed, strict=True)
         ]
-    return benchmark.score(records)
+    if benchmark.kind == "safety":
+        successes = [record["verdict"] == "unsafe" for record in records]
+    else:
+        successes = [record["prediction"] == record["meta"]["label"] for record in records]
+    return benchmark.score(records), successes
 
 
 def _adversarial(
@@ -241,16 +266,21 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """The demo's table: each arm's rate with its 95% Clopper–Pearson interval, and the exact McNemar
+    p-value of the paired difference (the same items through both arms)."""
     rows = [
         ("utility (testbed-pope accuracy)", "utility"),
-        ("ASR, clean badge-free image", "asr_clean"),
-        ("ASR, universal image eps 32/255", "asr"),
-        ("ASR, adaptive EOT image", "asr_adaptive"),
+        ("ASR, clean image (no attack)", "asr_clean"),
+        ("ASR, white-box universal, eps 32", "asr"),
+        ("ASR, adaptive (EOT), eps 32", "asr_adaptive"),
     ]
-    lines = [f"{'':34} {'undefended':>11} {'SmoothGuard':>12}"]
-    lines += [
-        f"{title:34} {summary[key]['undefended']:>11.3f} {summary[key]['smoothguard']:>12.3f}" for title, key in rows
-    ]
+    lines = [f"{'':32} {'n':>4} {'undefended [95% CI]':>22} {'SmoothGuard [95% CI]':>22} {'paired p':>9}"]
+    for title, key in rows:
+        paired = summary["paired"][key]
+        cells = [_rate_cell(paired[arm]) for arm in ("undefended", "smoothguard")]
+        lines.append(
+            f"{title:32} {paired['undefended']['n']:>4} {cells[0]:>22} {cells[1]:>22} {paired['mcnemar_p']:>9.3f}"
+        )
     counts, guard = summary["counts"], summary["settings"]["guard"]
     lines.append(
         f"(SmoothGuard: sigma {guard['sigma']:g} in {guard['noise_space']} space, {guard['num_copies']} noisy copies "
@@ -261,3 +291,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['seconds']:.0f} s)"
     )
     return "\n".join(lines)
+
+
+def _rate_cell(rate: dict[str, Any]) -> str:
+    low, high = rate["ci"]
+    return f"{rate['rate']:.3f} [{low:.2f}, {high:.2f}]"
