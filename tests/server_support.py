@@ -62,9 +62,11 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def fingerprint(completion: Any) -> tuple[Any, ...]:
-    """What must not differ between a request made alone and the same request made concurrently."""
+    """What must not differ between a request made alone and the same request made concurrently (all but
+    its timings and how many requests shared its batch)."""
     evidence = dict(completion.model_extra["smoothguard"])
     evidence.pop("timings")
+    evidence.pop("batch_queries", None)
     return completion.choices[0].message.content, sorted(evidence.items())
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 from smoothguard import ModelLoadError, UnsupportedError, load_model
 from smoothguard.inputs import load_image
 from smoothguard.models import LlavaAdapter
+from smoothguard.models.image import TEXT_KEYS, to_uint8_image
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -113,3 +114,82 @@ def test_bad_device_and_dtype(tiny_llava_dir):
         load_model(tiny_llava_dir, dtype="float8")
     with pytest.raises(ConfigError):
         load_model(tiny_llava_dir, device="tpu:0")
+
+
+# ------------------------------------------------------------------ processor-free token counting
+# Square, wide, tall, tiny, large, odd: LLaVA's centre crop gives every size the same token count.
+SIZES = [(32, 32), (40, 200), (300, 50), (3, 5), (1024, 768), (97, 123)]
+PROMPTS = [
+    "Hi",
+    "Describe the scene in great detail, every object, its colour and where it is. " * 12,
+    "Что на картинке? 猫か犬か 🐱 café — naïve “quotes”",
+    "<image>\nWhat is it?",
+]
+
+
+def processor_text(adapter, prompt: str, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: the HF processor on the full image (what ``prompt_text`` used to run)."""
+    text = adapter.chat_prompt(adapter.checked_prompt(prompt))
+    encoded = adapter.processor(text=text, images=to_uint8_image(image), return_tensors="pt")
+    return {key: encoded[key] for key in TEXT_KEYS if key in encoded}
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES, ids=["square", "wide", "tall", "tiny", "large", "odd"])
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["short", "long", "unicode", "leading-image"])
+def test_prompt_text_equals_the_processor(tiny_llava, height, width, prompt):
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height * width))
+    ours, expected = tiny_llava.prompt_text(prompt, image), processor_text(tiny_llava, prompt, image)
+    assert set(ours) == set(expected) == {"input_ids", "attention_mask"}
+    for key, value in expected.items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+def test_prompt_text_runs_no_processor_and_tokenises_each_prompt_once(tiny_llava, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the HF processor was run")
+
+    monkeypatch.setattr(type(tiny_llava.processor), "__call__", refuse)
+    monkeypatch.setattr(tiny_llava.processor.image_processor, "preprocess", refuse)
+    tiny_llava.prompt_ids.cache_clear()
+    texts = [tiny_llava.prompt_text("Count.", torch.rand(3, 20 + i, 30)) for i in range(3)]
+    assert tiny_llava.prompt_ids.cache_info().misses == 1 and tiny_llava.prompt_ids.cache_info().hits == 2
+    assert all(torch.equal(text["input_ids"], texts[0]["input_ids"]) for text in texts)
+    texts[0]["input_ids"][0, 0] = -1  # callers own their tensors: the cache is not changed through them
+    assert tiny_llava.prompt_text("Count.", torch.rand(3, 20, 30))["input_ids"][0, 0] != -1
+    assert torch.equal(
+        tiny_llava.prompt_text("<image> Count.", torch.rand(3, 8, 8))["input_ids"], texts[1]["input_ids"]
+    )
+
+
+def test_bad_prompts_are_still_refused_on_every_call(tiny_llava):
+    from smoothguard import InputError
+
+    for _ in range(2):
+        with pytest.raises(InputError, match="special token"):
+            tiny_llava.prompt_text("What is <image> here?", torch.rand(3, 8, 8))
+
+
+def test_other_processors_keep_the_processor_path(tiny_llava):
+    from transformers import LlavaProcessor
+
+    from smoothguard.models.llava import expands_like_llava
+
+    class OwnExpansion(LlavaProcessor):
+        def replace_image_token(self, image_inputs, image_idx, **kwargs):
+            return self.image_token * 3
+
+    assert expands_like_llava(tiny_llava.processor)
+    processor = tiny_llava.processor
+    own = OwnExpansion(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=processor.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=processor.chat_template,
+    )
+    assert not expands_like_llava(own)
+    adapter = LlavaAdapter(tiny_llava.model, own, "own-expansion")
+    assert adapter.image_token_count(32, 32) is None
+    ids = adapter.prompt_text("Hi", torch.rand(3, 32, 32))["input_ids"][0].tolist()
+    assert ids.count(tiny_llava.model.config.image_token_index) == 3

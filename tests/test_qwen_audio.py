@@ -109,3 +109,54 @@ def test_image_noise_space_is_rejected(adapter: QwenAudioAdapter) -> None:
     adapter.check_noise_space("waveform")
     with pytest.raises(ConfigError, match="waveform"):
         adapter.check_noise_space("pixel")
+
+
+# ------------------------------------------------------------------ processor-free token counting
+PROMPTS = [
+    "Hi?",
+    "Listen to the audio clip and say what you hear in detail, every sound and when it starts. " * 10,
+    "Что ты слышишь? 鳥の声 🐦 café — naïve “quotes”",
+    "<|AUDIO|>\nWhat do you hear?",  # the audio placeholder, dropped by checked_prompt
+]
+# 0.5 s to 30 s, and odd sample counts around the 160-sample hop and the 40 ms token (640 samples).
+NUM_SAMPLES = [8000, 16000, 32000, 59200, 480000, 1, 2, 3, 159, 161, 641, 12345, 16001, 479999]
+
+
+def processor_text(adapter: QwenAudioAdapter, prompt: str, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: the HF processor on the full waveform (what ``prompt_text`` used to run)."""
+    waveform = clip.numpy()
+    encoded = adapter.processor(
+        text=adapter.chat_prompt(adapter.checked_prompt(prompt), waveform),
+        audio=waveform,
+        sampling_rate=SAMPLING_RATE,
+        return_tensors="pt",
+    )
+    return {key: encoded[key] for key in ("input_ids", "attention_mask")}
+
+
+@pytest.mark.parametrize("num_samples", NUM_SAMPLES)
+def test_prompt_text_equals_the_processor(adapter: QwenAudioAdapter, num_samples: int) -> None:
+    clip = make_clip(num_samples / SAMPLING_RATE, seed=num_samples % 7)
+    assert clip.shape == (num_samples,)
+    for prompt in PROMPTS:
+        ours, expected = adapter.prompt_text(prompt, clip), processor_text(adapter, prompt, clip)
+        assert set(ours) == set(expected)
+        for key, value in expected.items():
+            assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), (prompt, key)
+    mask = adapter.preprocess(clip.unsqueeze(0))["feature_attention_mask"]
+    assert adapter.log_mel.valid_frames(num_samples) == int(mask.sum())
+
+
+def test_prompt_text_runs_no_processor(adapter: QwenAudioAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the HF processor was run")
+
+    monkeypatch.setattr(type(adapter.processor), "__call__", refuse)
+    monkeypatch.setattr(type(adapter.processor.feature_extractor), "__call__", refuse)
+    adapter.prompt_ids.cache_clear()
+    counts = [
+        int((adapter.prompt_text("What?", make_clip(s))["input_ids"] == adapter.processor.audio_token_id).sum())
+        for s in (0.5, 2.0, 30.0)
+    ]
+    assert counts == [12, 50, 750]  # ((L - 1) // 2 + 1 - 2) // 2 + 1 of L = 50, 200, 3000 frames
+    assert adapter.prompt_ids.cache_info().misses == 1

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothguard import ModelLoadError
+from smoothguard import InputError, ModelLoadError
 from smoothguard.models.auto import load_model
-from smoothguard.models.image import to_uint8_image
+from smoothguard.models.image import TEXT_KEYS, to_uint8_image
 from smoothguard.models.qwen_vl import QwenVLAdapter
 from smoothguard.models.tiny import save_tiny_qwen_vl
 
@@ -135,10 +135,10 @@ def test_batched_generation_with_left_padding_equals_one_by_one(adapter: QwenVLA
     assert adapter.generate(queries, max_new_tokens=8) == one_by_one
 
 
-def test_slice_media_round_trips(adapter: QwenVLAdapter) -> None:
+def test_split_media_round_trips(adapter: QwenVLAdapter) -> None:
     images = torch.stack([smooth_image(100, 80, seed=s) for s in range(3)])
     media = adapter.preprocess(images)
-    slices = [adapter.slice_media(media, i) for i in range(3)]
+    slices = adapter.split_media(media, 3)
     for key in media:
         assert torch.equal(torch.cat([s[key] for s in slices]), media[key])
     for image, piece in zip(images, slices, strict=True):
@@ -206,3 +206,51 @@ def test_an_unknown_image_processor_class_still_fails_clearly(tmp_path: Path) ->
     folder = early_checkpoint(tmp_path / "unknown", "NoSuchImageProcessor")
     with pytest.raises(ModelLoadError, match="cannot load qwen2_5_vl model"):
         load_model(folder, device="cpu")
+
+
+# ------------------------------------------------------------------ processor-free token counting
+# Square, wide, tall, tiny (upscaled to min_pixels), large (downscaled to max_pixels), odd.
+SIZES = [(56, 56), (60, 250), (250, 60), (5, 7), (1024, 768), (123, 97)]
+PROMPTS = [
+    "Hi",
+    "Describe the scene in great detail, every object, its colour and where it is. " * 12,
+    "Что на картинке? 猫か犬か 🐱 café — naïve “quotes”",
+    "<|image_pad|>\nWhat is in the image?",  # Qwen-VL's placeholder, dropped by checked_prompt
+    "<image>\nWhat is in the image?",  # LLaVA's, plain text for Qwen-VL
+]
+
+
+def processor_text(adapter: QwenVLAdapter, prompt: str, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: the HF processor on the full image (what ``prompt_text`` used to run)."""
+    text = adapter.chat_prompt(adapter.checked_prompt(prompt))
+    encoded = adapter.processor(text=text, images=to_uint8_image(image), return_tensors="pt")
+    return {key: encoded[key] for key in TEXT_KEYS if key in encoded}
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES, ids=["square", "wide", "tall", "tiny", "large", "odd"])
+def test_prompt_text_equals_the_processor(adapter: QwenVLAdapter, height: int, width: int) -> None:
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height * width))
+    for prompt in PROMPTS:
+        ours, expected = adapter.prompt_text(prompt, image), processor_text(adapter, prompt, image)
+        assert set(ours) == set(expected) == {"input_ids", "attention_mask", "mm_token_type_ids"}
+        for key, value in expected.items():
+            assert ours[key].shape == value.shape and ours[key].shape[0] == 1, key
+            assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), (prompt, key)
+        assert int(ours["mm_token_type_ids"].sum()) == adapter.image_token_count(height, width)
+
+
+def test_prompt_text_runs_no_processor(adapter: QwenVLAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the HF processor was run")
+
+    monkeypatch.setattr(type(adapter.processor), "__call__", refuse)
+    monkeypatch.setattr(adapter.processor.image_processor, "preprocess", refuse)
+    adapter.prompt_ids.cache_clear()
+    for size in SIZES:
+        adapter.prompt_text("What is in the image?", smooth_image(*size))
+    assert adapter.prompt_ids.cache_info().misses == 1
+
+
+def test_prompt_text_refuses_an_extreme_aspect_ratio(adapter: QwenVLAdapter) -> None:
+    with pytest.raises(InputError, match="aspect ratio"):
+        adapter.prompt_text("What is in the image?", torch.rand(3, 2, 500))

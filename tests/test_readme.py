@@ -248,7 +248,7 @@ def test_quick_start_demo_writes_what_it_lists_and_the_follow_up_sweep_runs(work
     for kind in ("universal", "adaptive"):
         assert (out / f"{kind}.png").read_bytes() == (SHIPPED_ATTACKS / f"{kind}.png").read_bytes()
         assert f"[demo] {kind} image: shipped with the package" in demo.stderr
-    assert "[demo] utility, 240 testbed-pope items: " in demo.stderr and "ASR, adaptive EOT image" in demo.stdout
+    assert "[demo] utility, 240 testbed-pope items: " in demo.stderr and "ASR, adaptive (EOT), eps 32" in demo.stdout
     # the README's follow-up (prose in the quick start), with two sigmas in place of its "..."
     match = re.search(r"`(smoothguard sweep\s+testbed-safety[^`]*)`", README.read_text())
     assert match, "the quick start no longer names its sweep follow-up"

@@ -230,18 +230,38 @@ def expected_input_ids(adapter, prompt: str, image: np.ndarray) -> list[int]:
     return adapter.tokenizer(text)["input_ids"]
 
 
-@pytest.mark.parametrize("size", [(60, 80), (336, 336), (480, 640), (200, 700), (17, 45)], ids=str)
+# Besides PROMPTS: long, unicode, and led by the family's image placeholder (which checked_prompt drops).
+EXPANSION_PROMPTS = (
+    *PROMPTS,
+    "Describe the scene in great detail, every object, its colour and where it is. " * 12,
+    "Что на картинке? 猫か犬か 🐱 café — naïve “quotes”",
+)
+LEADING_PLACEHOLDER = {"llava": "<image>\n", "qwen_vl": "<|image_pad|>"}
+
+
+# (height, width): upscaled, exact for LLaVA, landscape, portrait, panorama, tiny, large, odd.
+@pytest.mark.parametrize(
+    "size", [(60, 80), (336, 336), (480, 640), (640, 360), (200, 700), (17, 45), (1024, 768), (123, 97)], ids=str
+)
 def test_token_expansion_equals_the_processor(adapter, size: tuple[int, int]) -> None:
+    # prompt_text counts the image tokens from the size (no processor run); the processor expands the
+    # placeholder itself on the full image: input_ids, attention_mask and mm_token_type_ids are equal.
     image = make_image("smooth", size)
-    for prompt in PROMPTS:
+    for prompt in EXPANSION_PROMPTS:
         text = adapter.prompt_text(prompt, load_image(image))
         ids = text["input_ids"][0].tolist()
         processor = adapter.processor(text=documented_prompt(adapter.family, prompt), images=image, return_tensors="pt")
         assert ids == processor["input_ids"][0].tolist() == expected_input_ids(adapter, prompt, image)
+        keys = {"input_ids", "attention_mask"} | ({"mm_token_type_ids"} if adapter.family == "qwen_vl" else set())
+        assert set(text) == keys
+        for key in keys:
+            assert text[key].dtype == processor[key].dtype and torch.equal(text[key], processor[key]), key
         assert text["attention_mask"].bool().all()
         if adapter.family == "qwen_vl":
             is_image = text["input_ids"][0] == adapter.processor.image_token_id
             assert torch.equal(text["mm_token_type_ids"][0].bool(), is_image)
+        led = adapter.prompt_text(LEADING_PLACEHOLDER[adapter.family] + prompt, load_image(image))
+        assert torch.equal(led["input_ids"], text["input_ids"])
 
 
 @pytest.mark.parametrize(("kind", "size"), IMAGES, ids=[f"{kind}-{h}x{w}" for kind, (h, w) in IMAGES])

@@ -93,6 +93,8 @@ def test_local_server_and_proxy_run_from_the_cli(tiny_llava_dir, monkeypatch):
         (["--model", "m", "--request-timeout", "nan"], "request_timeout"),
         (["--model", "m", "--allow-url-prefix", "http://h/a/../b/"], "URL prefix"),
         (["--model", "m", "--allow-url-prefix", "http://user@h/img/"], "URL prefix"),
+        (["--model", "m", "--max-batch-queries", "0"], "--max-batch-queries"),
+        (["--model", "m", "--batch-window-ms", "-1"], "--batch-window-ms"),
     ],
 )
 def test_user_errors_are_one_line(capsys, args, message):
@@ -115,6 +117,13 @@ def test_seed_is_fixed_only_when_given():
     assert checked("--model", "m", "--seed", "0").settings.fixed_seed is True  # the old default, asked for
     defaults = checked("--model", "m").settings
     assert (defaults.max_prompt_tokens, defaults.request_timeout) == (2048, 120.0)
+
+
+def test_batching_options_reach_the_settings():
+    defaults = checked("--model", "m").settings
+    assert (defaults.batch_window_ms, defaults.max_batch_queries) == (5.0, 8)
+    given = checked("--model", "m", "--batch-window-ms", "2.5", "--max-batch-queries", "1").settings
+    assert (given.batch_window_ms, given.max_batch_queries) == (2.5, 1)
 
 
 def test_request_timeout_bounds_the_upstream_timeout():

@@ -20,8 +20,10 @@ from PIL import Image
 
 from server_support import data_uri, error_of, fingerprint, image_part, png_bytes, post, question, user
 from smoothguard import SmoothGuard, load_model
+from smoothguard.inputs import load_image
 from smoothguard.models.tiny import save_tiny_qwen2_audio
 from smoothguard.server import BackgroundServer, ServerSettings, create_app
+from smoothguard.server.service import request_noise_id
 
 KEY = "sk-test-0123456789"
 LIMITS = {
@@ -91,10 +93,14 @@ def test_chat_completion_returns_the_guarded_answer_and_its_evidence(client, tin
     assert 0 < evidence["majority_fraction"] <= 1 and len(evidence["cluster_labels"]) == 3
     assert completion.choices[0].message.content == evidence["candidates"][evidence["chosen_index"]]
     assert {"decode", "queue", "generate", "embed", "cluster", "total"} <= set(evidence["timings"])
-    # The server answers exactly as the library does for the same image, prompt and settings.
-    image = Image.open(io.BytesIO(png_bytes(0)))
+    # The server answers exactly as the library does for the same image, prompt and settings, the request's
+    # seed naming its noise (``request_noise_id``).
+    pixels = load_image(Image.open(io.BytesIO(png_bytes(0))))
     direct = SmoothGuard(tiny_llava, sigma=0.1, num_copies=2, embedder=minilm).generate(
-        "What is in the image?", image=image, max_new_tokens=6
+        "What is in the image?",
+        image=pixels,
+        max_new_tokens=6,
+        query_id=request_noise_id(evidence["seed"], "What is in the image?", pixels),
     )
     assert evidence["candidates"] == direct.candidates and completion.choices[0].message.content == direct.text
 

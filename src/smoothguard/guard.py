@@ -136,9 +136,10 @@ class SmoothGuard:
 
     @property
     def embedder(self) -> Embedder:
-        """The answer embedder, loaded on first use (the undefended path never needs it)."""
+        """The answer embedder, loaded on first use (the undefended path never needs it) on the model's
+        device (its GPU when it has one)."""
         if self._embedder is None:
-            self._embedder = load_embedder(self._config.embedder)
+            self._embedder = load_embedder(self._config.embedder, device=str(self.model.device))
         return self._embedder
 
     def describe(self) -> dict[str, Any]:
@@ -210,6 +211,7 @@ class SmoothGuard:
         vectors: list[np.ndarray] = [np.zeros((0, 1), np.float32) for _ in queries]
         active = list(range(len(queries)))
         answered = 0
+        known: dict[str, np.ndarray] = {}  # answer -> its embedding, over this call's rounds
         for upto in schedule:
             parts = self._sample(
                 [queries[i] for i in active],
@@ -221,8 +223,7 @@ class SmoothGuard:
             )
             embedding = time.perf_counter()
             flat = [generation.text for part in parts for generation in part]
-            # Undefended: one candidate per query, nothing to embed (a placeholder vector suffices).
-            embeddings = self.embedder.embed(flat) if num_copies else np.zeros((len(flat), 1), np.float32)
+            embeddings = self._embed(flat, known) if num_copies else np.zeros((len(flat), 1), np.float32)
             spent["embed"] += time.perf_counter() - embedding
             offset = 0
             for i, part in zip(active, parts, strict=True):
@@ -278,7 +279,7 @@ class SmoothGuard:
             raise InputError(f"pass one id per prompt ({len(prompts)}), or none")
         prepared = []
         for index, (prompt, source) in enumerate(zip(prompts, media, strict=True)):
-            medium = self._load_media(source, index)
+            medium = self._load_media(source, index).to(self.model.device)  # noise and preprocessing there
             prompt = validate_prompt(prompt)
             text = self.model.prompt_text(prompt, medium)
             with torch.no_grad():
@@ -346,6 +347,14 @@ class SmoothGuard:
             spent["preprocess"] += encoded - began
             spent["generate"] += time.perf_counter() - encoded
         return [answers[i * len(wanted) : (i + 1) * len(wanted)] for i in range(len(queries))]
+
+    def _embed(self, texts: list[str], known: dict[str, np.ndarray]) -> np.ndarray:
+        """Embeddings [len(texts), d] of ``texts``; each distinct text is embedded once (``known`` keeps them
+        across the rounds of one call): 11 identical answers cost one embedding, not eleven."""
+        new = [text for text in dict.fromkeys(texts) if text not in known]
+        if new:
+            known.update(zip(new, self.embedder.embed(new), strict=True))
+        return np.stack([known[text] for text in texts]) if texts else np.zeros((0, 1), np.float32)
 
     def _decided(self, answers: list[str], embeddings: np.ndarray) -> bool:
         """Whether the majority cluster's share of the noisy copies answered so far is decided."""

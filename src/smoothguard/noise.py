@@ -151,7 +151,7 @@ class GaussianNoise:
         copies: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(seeds), group):
             noisy_media = adapter.preprocess(self.perturb(media, seeds[start : start + group]))
-            copies += [adapter.slice_media(noisy_media, i) for i in range(len(seeds[start : start + group]))]
+            copies += adapter.split_media(noisy_media, len(seeds[start : start + group]))
         return copies
 
     def perturb(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.attacks import NORMS
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import ConfigError, check_file, check_output_folder
 
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.out, "audio" if args.audio else "image")
     prompts = args.prompt or load_prompts(args.prompts)
     targets = [args.target] if args.target else load_targets(args.targets) if args.targets else None
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, **model_options(args))
     guard = SmoothGuard(model, args.guard)
     audio = args.audio is not None
     if ("audio" if audio else "image") != model.modality:

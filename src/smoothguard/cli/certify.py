@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.certify.core import DEFAULT_BATCH_SIZE
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.noise import validate_sigma
@@ -99,7 +99,7 @@ def _run_certify(args: argparse.Namespace) -> int:
     out = args.out
     summary = certify_items(
         items,
-        lambda: load_model(args.model, device=args.device, dtype=args.dtype),
+        lambda: load_model(args.model, **model_options(args)),
         out,
         guard=args.guard,
         sigmas=args.sigmas,

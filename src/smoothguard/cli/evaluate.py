@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.eval.base import benchmark_names
 
@@ -197,7 +197,9 @@ def _run_score_llava(args: argparse.Namespace) -> int:
 def _spec(args: argparse.Namespace) -> GuardSpec:
     from smoothguard.eval.runner import GuardSpec
 
-    return GuardSpec(model=args.model, dtype=args.dtype, device=args.device, guard=args.guard)
+    options = model_options(args)
+    loading = {key: options[key] for key in ("device_map", "attn_implementation", "compile_decode") if options[key]}
+    return GuardSpec(model=args.model, dtype=args.dtype, device=args.device, guard=args.guard, loading=loading)
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import check_file, check_int
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     # A corrupt image or a bad prompt is refused before the model loads.
     image = load_image(args.image) if args.image else None
     validate_prompt(args.prompt)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, **model_options(args))
     guard = SmoothGuard(model, args.guard)
     result = guard.generate(args.prompt, image=image, audio=args.audio, max_new_tokens=args.max_new_tokens)
     if args.json:

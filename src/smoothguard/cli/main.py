@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import smoothguard
 from smoothguard.cli import attack, certify, evaluate, generate, serve, testbed
 from smoothguard.cli.options import EXIT_USER_ERROR
-from smoothguard.errors import SmoothGuardError
+from smoothguard.errors import ConfigError, SmoothGuardError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (generate, attack, testbed, evaluate, certify, serve)
@@ -42,8 +42,14 @@ def _quiet_transformers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if hasattr(args, "precheck"):
             args.precheck(args)  # option checks that need no model: before anything heavy is imported
+        if getattr(args, "threads", None) is not None:
+            from smoothguard.models.auto import set_threads
+
+            set_threads(args.threads)
         _quiet_transformers()
         return args.run(args)
     except SmoothGuardError as exc:

@@ -15,6 +15,8 @@ from smoothguard.noise import NOISE_SPACES
 
 #: Exit status of a user mistake (bad option, missing file, unknown model, ...).
 EXIT_USER_ERROR = 2
+#: ``--attn-implementation`` choices (transformers' names).
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
 
 #: argparse settings of each GuardConfig field that is not a plain number; the help is the field's.
 _SPECIAL: dict[str, dict[str, Any]] = {
@@ -27,10 +29,42 @@ _SPECIAL: dict[str, dict[str, Any]] = {
 }
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id or local model folder")
+def add_model_options(parser: argparse.ArgumentParser, *, local_only: bool = False) -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--device-map``, ``--attn-implementation``, ``--compile`` and
+    ``--threads`` (:func:`model_options` reads the loading ones back). ``local_only``: no ``--model`` (the
+    command names its model otherwise)."""
+    if not local_only:
+        parser.add_argument("--model", required=True, help="hub id or local model folder")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16 (default: auto)")
+    parser.add_argument(
+        "--device-map",
+        help="instead of --device: auto (shard across GPUs, offload what does not fit; needs accelerate)",
+    )
+    parser.add_argument("--attn-implementation", choices=ATTENTION, help="default: transformers' choice")
+    parser.add_argument(
+        "--compile", action="store_true", help="static KV cache + torch.compile for decoding (GPU runs; compiles first)"
+    )
+    add_threads_option(parser)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's, every core); on a shared machine give each process its share",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``load_model`` keywords of :func:`add_model_options`' options."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "device_map": args.device_map,
+        "attn_implementation": args.attn_implementation,
+        "compile_decode": args.compile,
+    }
 
 
 def add_guard_options(

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from smoothguard.cli.options import add_guard_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import ConfigError
 
 _DESCRIPTION = """\
@@ -16,7 +16,9 @@ Local model: --model HUB_ID|FOLDER|testbed. Guard proxy: --upstream URL --upstre
 --model openai:URL#NAME): each request's noisy copies (pixel space) go to the upstream endpoint.
 The guard options are every request's defaults; a request's "smoothguard" object may override
 sigma, num_copies and seed within --max-sigma / --max-num-copies. Each request draws fresh noise
-(a seed from the OS, returned in the answer) unless --seed N fixes it for every request."""
+(a seed from the OS, returned in the answer) unless --seed N fixes it for every request. A local
+model answers concurrent requests in batches (--batch-window-ms, --max-batch-queries); each answer
+is the one the request would get alone."""
 
 
 def register(commands: Any) -> None:
@@ -30,8 +32,7 @@ def register(commands: Any) -> None:
     source.add_argument("--model", help="hub id, local model folder, testbed, or openai:URL#NAME")
     source.add_argument("--upstream", metavar="URL", help="guard proxy: upstream base URL, e.g. http://gpu:8000/v1")
     _add_upstream_options(serve)
-    serve.add_argument("--device", default="auto", help="local model: auto | cpu | cuda | cuda:N (default: auto)")
-    serve.add_argument("--dtype", default="auto", help="local model: auto | float32 | float16 | bfloat16")
+    add_model_options(serve, local_only=True)
     add_guard_options(
         serve, unset={"seed": "fix the noise seed of every request (default: a fresh seed from the OS per request)"}
     )
@@ -60,6 +61,21 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="longest a request may hold a local model (generation stops, the answer says so); "
         "a proxy's --upstream-timeout is at most this (120)",
+    )
+    server.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="local model: concurrent requests with the same settings share a batch, which closes when full or "
+        "MS milliseconds after the last request joined it (at most --max-batch-queries windows) (5)",
+    )
+    server.add_argument(
+        "--max-batch-queries",
+        type=int,
+        default=8,
+        metavar="N",
+        help="local model: at most N requests per batch; 1 answers one request at a time (8)",
     )
     server.add_argument(
         "--allow-url-prefix",
@@ -102,6 +118,8 @@ def _check(args: argparse.Namespace) -> None:
         max_prompt_tokens=args.max_prompt_tokens,
         request_timeout=args.request_timeout,
         fixed_seed=fixed_seed,
+        batch_window_ms=args.batch_window_ms,
+        max_batch_queries=args.max_batch_queries,
     )
     if args.remote_options:
         # The request's time budget bounds every upstream request (connect, read, write).
@@ -116,7 +134,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from smoothguard.openai_client import is_loopback_host
     from smoothguard.server.app import create_app
 
-    model = load_model(args.source, device=args.device, dtype=args.dtype, **args.remote_options)
+    model = load_model(args.source, **model_options(args), **args.remote_options)
     app = create_app(SmoothGuard(model, args.guard), args.settings)
     if not args.settings.api_key and not is_loopback_host(args.host):
         print(f"smoothguard: warning: serving on {args.host} without --api-key-env", file=sys.stderr)

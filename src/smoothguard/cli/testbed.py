@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smoothguard.cli.options import add_guard_options, guard_config
+from smoothguard.cli.options import add_guard_options, add_threads_option, guard_config
 from smoothguard.config import GuardConfig
 from smoothguard.errors import check_output_folder
 
@@ -31,12 +31,14 @@ def register(commands: Any) -> None:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
+    add_threads_option(train)
     train.set_defaults(precheck=_check_out, run=_run_train)
 
     evaluate = actions.add_parser("evaluate", help="held-out accuracy per task and negative kind")
     evaluate.add_argument("--model", default="testbed", help="testbed (shipped) or a model folder")
     evaluate.add_argument("--scenes", type=int, default=300)
     evaluate.add_argument("--json", action="store_true")
+    add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     demo = commands.add_parser("demo", help="the whole story on the testbed: utility and attack success rates")
@@ -47,6 +49,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--eot-samples", type=int, default=4)
     add_guard_options(demo, defaults=GuardConfig(noise_space="normalized"))
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_threads_option(demo)
     demo.set_defaults(precheck=_check_demo, run=_run_demo)
 
 

@@ -37,7 +37,8 @@ RUNTIME_SETTINGS = ("batch_size",)
 
 @dataclass(frozen=True)
 class GuardSpec:
-    """How answers are produced: the model (``load_model`` source, dtype, device) and the guard's config.
+    """How answers are produced: the model (``load_model`` source, dtype, device, and further ``loading``
+    keywords such as ``device_map``, which do not shape the answers) and the guard's config.
 
     ``guard.num_copies == 0`` is the undefended baseline; then the noise settings do not shape the
     answers and are left out of the run's settings. ``device`` and ``guard.batch_size`` (most
@@ -48,6 +49,7 @@ class GuardSpec:
     dtype: str = "auto"
     device: str = "auto"
     guard: GuardConfig = field(default_factory=GuardConfig)
+    loading: dict[str, Any] = field(default_factory=dict)
 
     @property
     def defended(self) -> bool:
@@ -74,7 +76,7 @@ class GuardSpec:
     def load_model(self) -> MLLMAdapter:
         from smoothguard.models import load_model
 
-        return load_model(self.model, dtype=self.dtype, device=self.device)
+        return load_model(self.model, dtype=self.dtype, device=self.device, **self.loading)
 
     def build(self, model: MLLMAdapter) -> SmoothGuard:
         return SmoothGuard(model, self.guard)

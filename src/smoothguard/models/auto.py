@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from smoothguard.errors import ConfigError, ModelLoadError
+from smoothguard.errors import ConfigError, ModelLoadError, check_int
 from smoothguard.models import REMOTE_PREFIX
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
@@ -98,6 +98,10 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    attn_implementation: str | None = None,
+    compile_decode: bool = False,
+    threads: int | None = None,
     **from_pretrained_kwargs: Any,
 ) -> MLLMAdapter:
     """Load a multimodal model and its processor behind the adapter of its family.
@@ -112,24 +116,55 @@ def load_model(
     the plug-in name as its display name. This package registers ``testbed`` (the small LLaVA it
     trains and ships).
     ``dtype``: ``auto`` | ``float32`` | ``float16`` | ``bfloat16``. ``device``: ``auto`` | ``cpu`` | ``cuda[:N]``.
-    Extra keyword arguments go to ``from_pretrained``.
+    ``device_map`` (instead of ``device``): ``"auto"`` or a dict, as ``from_pretrained`` takes it (the
+    weights go straight to their devices, sharded across GPUs or offloaded; needs ``accelerate``).
+    ``attn_implementation``: ``sdpa`` | ``flash_attention_2`` | ``eager`` (default: transformers').
+    ``compile_decode``: opt in to a static KV cache and ``torch.compile`` of the forward pass for decoding
+    (pays a compile per new shape; for long GPU runs). ``threads``: set torch's CPU threads first
+    (:func:`set_threads`). Extra keyword arguments go to ``from_pretrained`` (model, config and processor).
     """
+    if threads is not None:
+        set_threads(threads)
     if str(source).startswith(REMOTE_PREFIX):
+        if device_map is not None or attn_implementation is not None or compile_decode:
+            raise ConfigError(f"{source} runs on its server: drop device_map, attn_implementation and compile")
         return load_remote(str(source), dtype=dtype, device=device, **from_pretrained_kwargs)
+    if device_map is not None and device not in (None, "auto"):
+        raise ConfigError("pass a device or a device_map, not both")
     name = _checkpoint(source)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     config = _model_config(name, **from_pretrained_kwargs)
     adapter_class = adapter_class_for(config.model_type)
+    model_options = {
+        key: value
+        for key, value in (("device_map", device_map), ("attn_implementation", attn_implementation))
+        if value is not None
+    }
     try:
         processor = adapter_class.load_processor(name, **from_pretrained_kwargs)
-        model = adapter_class.model_class().from_pretrained(name, dtype=torch_dtype, **from_pretrained_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+        model = adapter_class.model_class().from_pretrained(
+            name, dtype=torch_dtype, **model_options, **from_pretrained_kwargs
+        )
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(
             f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
         ) from exc
-    model.to(torch_device).eval().requires_grad_(False)  # frozen: attacks need input gradients only
+    if device_map is None:
+        model.to(torch_device)
+    model.eval().requires_grad_(False)  # frozen: attacks need input gradients only
+    if compile_decode:
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead")
     return adapter_class(model, processor, str(source))
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for torch's operators in this process (``torch.set_num_threads``). On a
+    shared machine, give each process its share of the cores: torch's default (every core) oversubscribes
+    them when several processes run, and everything slows down many times over."""
+    check_int("threads", threads, minimum=1)
+    torch.set_num_threads(threads)
 
 
 def resolve_noise_space(source: str | Path, noise_space: str | None = None) -> str:

@@ -15,9 +15,42 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from smoothguard.errors import ConfigError, InputError
+from smoothguard.errors import ConfigError, InputError, UnsupportedError
 
 Modality = Literal["image", "audio"]
+
+#: Chat prompts an adapter keeps tokenised, least recently used dropped first: a benchmark split asks
+#: the same few prompts of every medium.
+PROMPT_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """A chat prompt's token ids around its ONE media placeholder token: ``before``, ``placeholder``,
+    ``after``. :meth:`expand` repeats the placeholder once per media token, as the HF processor does
+    when it replaces the placeholder text by ``count`` copies before tokenising (tokenisers split text
+    at added tokens, so the text around the placeholder tokenises the same either way)."""
+
+    before: tuple[int, ...]
+    placeholder: int
+    after: tuple[int, ...]
+
+    @classmethod
+    def split(cls, ids: Sequence[int], placeholder: int, name: str) -> PromptIds:
+        """``ids`` cut at their one ``placeholder``; UnsupportedError if there is not exactly one (the chat
+        template of model ``name`` did not place one media placeholder)."""
+        positions = [index for index, token in enumerate(ids) if token == placeholder]
+        if len(positions) != 1:
+            raise UnsupportedError(
+                f"the chat template of {name} gives {len(positions)} media placeholder tokens (id {placeholder}) "
+                "for one medium; it must place exactly one"
+            )
+        index = positions[0]
+        return cls(tuple(ids[:index]), placeholder, tuple(ids[index + 1 :]))
+
+    def expand(self, count: int) -> torch.Tensor:
+        """``input_ids`` [1, L] (int64) with the placeholder repeated ``count`` times."""
+        return torch.tensor([[*self.before, *(self.placeholder,) * count, *self.after]], dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -51,7 +84,7 @@ class MLLMAdapter(ABC):
     """A HuggingFace multimodal model and its processor behind one interface.
 
     Subclasses set ``family``, ``modality`` and ``noise_spaces`` and implement ``preprocess``,
-    ``prompt_text`` and (where the media tensors are not one row per candidate) ``slice_media``.
+    ``prompt_text`` and (where the media tensors are not one row per candidate) ``split_media``.
     """
 
     family: ClassVar[str]
@@ -83,6 +116,11 @@ class MLLMAdapter(ABC):
     # ----------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device of the input embeddings (with a ``device_map`` the layers may be
+        spread over several devices; the first layer's is the one that takes the batch)."""
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+            return embeddings.weight.device
         return next(self.model.parameters()).device
 
     @property
@@ -142,9 +180,10 @@ class MLLMAdapter(ABC):
             raise InputError("the prompt is empty once its media placeholder is dropped; add a question")
         return prompt
 
-    def slice_media(self, media: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-        """The media tensors of copy ``index`` out of a ``preprocess`` output (one row each)."""
-        return {key: value[index : index + 1] for key, value in media.items()}
+    def split_media(self, media: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+        """The media tensors of each of ``count`` copies out of one ``preprocess`` output (one row each);
+        views, no copy and no device sync."""
+        return [{key: value[index : index + 1] for key, value in media.items()} for index in range(count)]
 
     def encode(self, prompt: str, media: torch.Tensor) -> Query:
         """One prompt + one medium ([3, H, W] pixels or [T] waveform) as a ``Query``."""

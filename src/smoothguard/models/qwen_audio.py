@@ -6,13 +6,14 @@ The processor turns a 16 kHz waveform into Whisper log-mel features (30 s window
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
 
 from smoothguard.errors import InputError, UnsupportedError
-from smoothguard.models.base import MLLMAdapter
+from smoothguard.models.base import PROMPT_CACHE_SIZE, MLLMAdapter, PromptIds
 
 
 class WhisperLogMel(torch.nn.Module):
@@ -53,6 +54,16 @@ class WhisperLogMel(torch.nn.Module):
                 f"{self.sampling_rate} Hz); this model reads at most {self.max_seconds:g} s "
                 f"({self.n_samples} samples) and would silently drop the rest. Trim or split the clip."
             )
+
+    @property
+    def num_frames(self) -> int:
+        """Feature frames per clip (the window padded to ``n_samples``): 3000 for Whisper."""
+        return self.n_samples // self.hop_length
+
+    def valid_frames(self, num_samples: int) -> int:
+        """The frames of ``feature_attention_mask`` that are 1 for a clip of ``num_samples`` samples:
+        those that start inside it, ``ceil(num_samples / hop)``, at most :attr:`num_frames`."""
+        return min(-(-num_samples // self.hop_length), self.num_frames)
 
     def forward(self, waveforms: torch.Tensor) -> dict[str, torch.Tensor]:
         batch, num_samples = waveforms.shape
@@ -97,6 +108,8 @@ class QwenAudioAdapter(MLLMAdapter):
         if feature_extractor is None:
             raise UnsupportedError(f"the processor of {name} has no audio feature extractor")
         self.log_mel = WhisperLogMel(feature_extractor)
+        # The chat prompt's ids, tokenised once per prompt text (per adapter: no global state).
+        self.prompt_ids = functools.lru_cache(maxsize=PROMPT_CACHE_SIZE)(self._prompt_ids)
 
     @property
     def sampling_rate(self) -> int:
@@ -121,18 +134,27 @@ class QwenAudioAdapter(MLLMAdapter):
         ]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
+    def audio_token_count(self, num_samples: int) -> int:
+        """``Qwen2AudioProcessor``'s ``<|AUDIO|>`` count for a clip of ``num_samples`` samples: from the
+        ``L`` valid feature frames, the encoder's stride-2 convolution and 2x pooling,
+        ``((L - 1) // 2 + 1 - 2) // 2 + 1`` (about one per 40 ms: 12 for 0.5 s, 50 for 2 s, 750 for 30 s;
+        none for clips of 320 samples or fewer, under 3 frames, as the processor gives)."""
+        frames = self.log_mel.valid_frames(num_samples)
+        return (((frames - 1) // 2 + 1) - 2) // 2 + 1
+
+    def _prompt_ids(self, prompt: str) -> PromptIds:
+        """``prompt`` checked, in the chat template, tokenised as the processor tokenises it. The
+        template writes the same placeholder text for every clip, so an empty one stands in."""
+        text = self.chat_prompt(self.checked_prompt(prompt), np.zeros(0, np.float32))
+        return PromptIds.split(self.tokenizer(text)["input_ids"], self.processor.audio_token_id, self.name)
+
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Token ids [1, L] for ``prompt`` with ``<|AUDIO|>`` expanded for the waveform ``media`` [T]."""
+        """Token ids [1, L] for ``prompt`` with ``<|AUDIO|>`` expanded for the waveform ``media`` [T]:
+        ``input_ids`` and ``attention_mask``, as the processor gives them. The chat prompt is tokenised
+        once per prompt (``prompt_ids``, LRU) and its placeholder repeated ``audio_token_count(T)``
+        times; the waveform itself is not processed."""
         if media.dim() != 1:
             raise InputError(f"expected one mono waveform [T], got a tensor of shape {tuple(media.shape)}")
         self.log_mel.check_length(media.shape[0])
-        waveform = media.detach().float().cpu().numpy()
-        # The processor expands the audio placeholder to the clip's token count; the features it
-        # computes on the way are discarded (ours come from ``preprocess``).
-        encoded = self.processor(
-            text=self.chat_prompt(self.checked_prompt(prompt), waveform),
-            audio=waveform,
-            sampling_rate=self.sampling_rate,
-            return_tensors="pt",
-        )
-        return {key: value for key, value in encoded.items() if key in ("input_ids", "attention_mask")}
+        input_ids = self.prompt_ids(prompt).expand(self.audio_token_count(media.shape[0]))
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

@@ -227,13 +227,18 @@ class QwenVLAdapter(ImageAdapter):
         ``image_grid_thw`` [B, 3]; differentiable w.r.t. the pixels."""
         return self.pixel_path(media.float())
 
-    def slice_media(self, media: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-        """Copy ``index``: its rows of ``pixel_values`` ([P, D], P = t * h * w of its grid) and its
-        ``image_grid_thw`` row ([1, 3])."""
+    def image_token_count(self, height: int, width: int) -> int:
+        """``Qwen2VLProcessor.replace_image_token``'s count for an image of this size: the patches of
+        its ``smart_resize`` grid, ``(h / patch) * (w / patch)`` (one temporal slot), over the
+        ``merge_size ** 2`` patches merged into one token."""
+        path = self.pixel_path
+        out_height, out_width = path.output_size(height, width)
+        return (out_height // path.patch_size) * (out_width // path.patch_size) // path.merge_size**2
+
+    def split_media(self, media: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+        """Each copy's rows of ``pixel_values`` ([P, D], P = t * h * w of its grid) and its ``image_grid_thw``
+        row ([1, 3]); the grid is read back from the device once for all copies, not once per copy."""
         grid = media["image_grid_thw"]
         rows = grid.prod(dim=-1).tolist()
-        start = sum(rows[:index])
-        return {
-            "pixel_values": media["pixel_values"][start : start + rows[index]],
-            "image_grid_thw": grid[index : index + 1],
-        }
+        pieces = media["pixel_values"].split(rows)
+        return [{"pixel_values": pieces[i], "image_grid_thw": grid[i : i + 1]} for i in range(count)]

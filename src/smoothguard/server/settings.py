@@ -1,5 +1,5 @@
 """What a server allows: request limits, per-request override bounds, the API key, fetchable URL prefixes,
-the time budget of a request and where its noise seed comes from."""
+the time budget of a request, where its noise seed comes from and how concurrent requests are batched."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from smoothguard.errors import ConfigError
 from smoothguard.server.urls import UrlPrefix, UrlRefused, normalize_url
+
+#: The longest batching window a server accepts (milliseconds): batching waits for batch-mates a few
+#: milliseconds, not seconds (a longer window is for tests that want every request in one batch).
+MAX_BATCH_WINDOW_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class ServerSettings:
     seconds a request may hold a local model (generation stops there, and the answer says so);
     ``smoothguard serve`` lowers a proxy's upstream timeout to it. ``fixed_seed``: every request uses the guard's seed
     (unless it overrides it); ``False`` (the default) draws a fresh seed from the OS per request.
+    ``batch_window_ms`` / ``max_batch_queries`` (a local model): concurrent requests with the same settings
+    are answered together, at most ``max_batch_queries`` per ``generate_batch`` call, a batch closing when
+    full or ``batch_window_ms`` milliseconds after the last request joined it (``batching.py``);
+    ``max_batch_queries`` 1 answers one request at a time.
     """
 
     model_name: str | None = None
@@ -41,6 +49,8 @@ class ServerSettings:
     max_prompt_tokens: int = 2048
     request_timeout: float = 120.0
     fixed_seed: bool = False
+    batch_window_ms: float = 5.0
+    max_batch_queries: int = 8
     _prefixes: tuple[UrlPrefix, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
@@ -57,6 +67,19 @@ class ServerSettings:
             )
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout (--request-timeout) must be > 0 seconds, got {self.request_timeout}")
+        if not (
+            isinstance(self.batch_window_ms, (int, float))
+            and not isinstance(self.batch_window_ms, bool)
+            and 0 <= self.batch_window_ms <= MAX_BATCH_WINDOW_MS
+        ):
+            raise ConfigError(
+                f"batch_window_ms (--batch-window-ms) must be a number of milliseconds in 0..{MAX_BATCH_WINDOW_MS:,}, "
+                f"got {self.batch_window_ms!r}"
+            )
+        if isinstance(self.max_batch_queries, bool) or not isinstance(self.max_batch_queries, int):
+            raise ConfigError(f"max_batch_queries must be an integer, got {self.max_batch_queries!r}")
+        if self.max_batch_queries < 1:
+            raise ConfigError(f"max_batch_queries (--max-batch-queries) must be >= 1, got {self.max_batch_queries}")
         if self.max_num_copies < 0 or self.max_sigma < 0 or self.fetch_timeout <= 0:
             raise ConfigError("max_num_copies and max_sigma must be >= 0 and fetch_timeout > 0")
         if self.default_max_new_tokens > self.max_new_tokens:
