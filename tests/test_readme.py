@@ -54,10 +54,10 @@ SLOW = {
     "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --noise-space pixel --n0 10 --n 100 "
     "--alpha 0.001 --limit 48 --radii 0,0.1,0.25,0.5 --out runs/certify/testbed": "63-75 s: 48 items x 110 copies "
     "at 2 sigmas (~10,600 generations) for the README's certification table",
-    "python benchmarks/bench_guard_latency.py --repeats 5 # 576 image tokens, 128 new tokens": "29 s: a timing "
-    "benchmark, 5 repeats of 3 arms with 576 image tokens and 128 new tokens",
-    "python benchmarks/bench_guard_latency.py --new-tokens 32 --repeats 7": "19 s: a timing benchmark, 7 repeats of "
-    "3 arms with 576 image tokens",
+    "python benchmarks/bench_guard_latency.py --threads 1 --repeats 5 # 576 image tokens, 128 new tokens": "40 s: "
+    "a timing benchmark, 5 repeats of 5 arms with 576 image tokens and 128 new tokens",
+    "python benchmarks/bench_guard_latency.py --testbed --threads 1 --repeats 15": "15 s: a timing benchmark, 15 "
+    "repeats of 5 arms on the testbed",
     "python benchmarks/bench_adaptive_sampling.py --items 60 --sigmas 0.1,0.25,0.5 [--round-size 2 --alpha 0.05 "
     "--json]": "29 s: 60 testbed items guarded at 3 sigmas, full and adaptive",
     "python benchmarks/bench_server_load.py [--mode defended|undefended|proxy] [--requests 200 --concurrency 8]": "25 s"
