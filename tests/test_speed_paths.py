@@ -86,3 +86,20 @@ def test_media_go_to_the_models_device(tiny_llava, image_file):
     query = SmoothGuard(tiny_llava, num_copies=1).prepare([PROMPT], [image_file])[0]
     assert query.medium.device == tiny_llava.device
     assert all(t.device == tiny_llava.device for t in query.clean.values())
+
+
+def test_compile_decode_opts_in_to_a_static_cache_and_a_compiled_forward(tiny_llava_dir):
+    model = load_model(tiny_llava_dir, compile_decode=True)  # compiled lazily: nothing is generated here
+    assert model.model.generation_config.cache_implementation == "static"
+    assert hasattr(model.model.forward, "_torchdynamo_orig_callable")  # torch.compile's wrapper
+    assert not hasattr(load_model(tiny_llava_dir).model.forward, "_torchdynamo_orig_callable")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (a CUDA GPU) to compare with")
+def test_the_noise_is_the_same_on_every_device(tiny_llava_dir, image_file):
+    guards = [SmoothGuard(load_model(tiny_llava_dir, device=device), sigma=0.5) for device in ("cpu", "cuda")]
+    noisy = []
+    for guard in guards:
+        query = guard.prepare([PROMPT], [image_file])[0]
+        noisy.append(guard.candidates(query, range(3), clean=False)[0].media["pixel_values"].cpu())
+    assert torch.allclose(noisy[0], noisy[1], atol=1e-5)
