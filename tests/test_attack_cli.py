@@ -1,5 +1,6 @@
 """`smoothguard attack`: JSON outcome, saved artefacts, resume by rerunning, checks, user errors."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -42,6 +43,8 @@ def test_attack_json_saves_image_sidecar_and_checks(capsys, tiny_llava_dir, imag
     assert outcome["check"]["smoothguard"]["num_candidates"] == 3
     sidecar = json.loads((tmp_path / "adv.png.json").read_text())
     assert sidecar["file"] == "adv.png" and len(sidecar["sha256"]) == 64
+    # Mutation caught: the sha256 computed over the file's name (or path) instead of its bytes.
+    assert sidecar["sha256"] == hashlib.sha256((tmp_path / "adv.png").read_bytes()).hexdigest()
     assert sidecar["config"]["objective"]["targets"] == [TARGET]
     adversarial = load_image(out)
     original = load_image(image_file)

@@ -479,6 +479,18 @@ def test_eot_draws_fresh_noise_per_sample_and_step(zoo, minilm, family, space):
     # The noise is the guard's own draw for this step's seed.
     expected = guard.noise.copies(model, x, copy_seeds(step_seed(0, 1, stream=1), range(2)))
     assert torch.equal(step1[1][key], expected[1][key])
+    # ... and, computed here from the formula rather than by guard.noise: x + sigma * N(0, 1) from the copy's
+    # generator, clamped (pixel: [0, 1], waveform: [-1, 1]) and preprocessed; in normalized space the noise
+    # lands on the preprocessed values.
+    seed = copy_seeds(step_seed(0, 1, stream=1), range(2))[1]
+    if space == "normalized":
+        draw = torch.randn(clean[key].shape, generator=torch.Generator().manual_seed(seed))
+        by_hand = clean[key] + sigma * draw
+    else:
+        low = 0.0 if space == "pixel" else -1.0
+        draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+        by_hand = model.preprocess((x + sigma * draw).clamp(low, 1.0).unsqueeze(0))[key]
+    torch.testing.assert_close(step1[1][key], by_hand.reshape(step1[1][key].shape))
 
     # Differentiable w.r.t. the medium.
     x.requires_grad_(True)

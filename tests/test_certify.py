@@ -304,3 +304,64 @@ def test_two_sided_interval_and_mcnemar_match_their_definitions():
     assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 2**10)
     assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
     assert rate_with_interval(5, 8) == {"k": 5, "n": 8, "rate": 0.625, "ci": [low, high]}
+
+
+# ------------------------------------------------------------------------ certified accuracy on a made-up run
+def made_record(item_id, correct, radius, abstained=False):
+    return {"id": item_id, "correct": correct, "radius": radius, "abstained": abstained}
+
+
+MADE_RUN = [
+    made_record("a", True, 0.3),
+    made_record("b", True, 0.05),
+    made_record("c", False, 0.9),  # wrong: never certified, whatever its radius
+    made_record("d", False, 0.0, abstained=True),
+    made_record("e", True, 0.0),
+]
+
+
+def test_certified_accuracy_and_table_row_values_on_a_made_up_run():
+    """Mutation caught: wrong answers counted as certified (``correct and`` dropped), ``radius >= r`` turned
+    into ``>``, the abstain rate or the interval computed over the wrong counts. By hand: at r=0 a, b, e
+    (3/5); at r=0.05 a, b (2/5); at r=0.3 a (1/5); at r=1 none."""
+    from smoothguard.certify.run import certified_accuracy, table_row
+    from smoothguard.stats import clopper_pearson_interval
+
+    expected = {0: 3 / 5, 0.05: 2 / 5, 0.3: 1 / 5, 1: 0.0}
+    for radius, share in expected.items():
+        assert certified_accuracy(MADE_RUN, radius) == pytest.approx(share)
+    row = table_row(0.25, MADE_RUN, list(expected))
+    assert row["sigma"] == 0.25 and row["items"] == 5 and row["abstain_rate"] == pytest.approx(1 / 5)
+    assert row["certified_accuracy"] == pytest.approx({"0": 0.6, "0.05": 0.4, "0.3": 0.2, "1": 0.0})
+    hits = {"0": 3, "0.05": 2, "0.3": 1, "1": 0}
+    for radius, k in hits.items():
+        assert row["certified_accuracy_ci"][radius] == pytest.approx(list(clopper_pearson_interval(k, 5)))
+    assert certified_accuracy([], 0) == 0.0
+
+
+def test_certify_cli_table_numbers_on_a_made_up_run(capsys, tmp_path):
+    """Mutation caught: the CLI's table counting wrong answers as certified or printing the wrong column. A
+    testbed run is certified, its records replaced by made-up ones (same ids), and the resumed run's
+    printed table and JSON must show the hand-computed values."""
+    args = ["certify", "--model", "testbed", "--benchmark", "testbed", "--sigma", "0.1", "--n0", "2", "--n", "4"]
+    args += ["--limit", "5", "--out", str(tmp_path), "--radii", "0,0.05,0.3,1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    path = tmp_path / "sigma-0.1" / "records.jsonl"
+    real = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(real) == 5
+    pairs = zip(real, MADE_ROWS, strict=True)
+    made = [{**record, **made_record(record["id"], *values[1:])} for record, values in pairs]
+    path.write_text("".join(json.dumps(record) + "\n" for record in made))
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["sigma", "items", "r=0", "r=0.05", "r=0.3", "r=1", "abstain"]
+    assert lines[2].split() == ["0.1", "5", "0.600", "0.400", "0.200", "0.000", "0.200"]
+    assert main([*args, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["certified_accuracy"] == pytest.approx({"0": 0.6, "0.05": 0.4, "0.3": 0.2, "1": 0.0})
+    csv_rows = (tmp_path / "certified-accuracy.csv").read_text().splitlines()
+    assert [float(v) for v in csv_rows[1].split(",")] == pytest.approx([0.1, 5, 0.2, 0.6, 0.4, 0.2, 0.0])
+
+
+MADE_ROWS = [(None, True, 0.3), (None, True, 0.05), (None, False, 0.9), (None, False, 0.0, True), (None, True, 0.0)]

@@ -96,6 +96,63 @@ def test_published_answer_files_score_as_the_reference(name):
     assert scores["mean"]["f1"] == pytest.approx(mean_f1, abs=1e-12)
 
 
+def test_precision_and_recall_on_a_case_with_fp_not_equal_to_fn():
+    """Mutation caught: precision and recall swapped (or either computed over the wrong denominator). Here
+    tp 3, fp 1, tn 2, fn 2: precision 3/4 and recall 3/5 differ."""
+    predictions = [True, True, True, True, False, False, False, False]
+    labels = [True, True, True, False, True, True, False, False]
+    metrics = pope_metrics(predictions, labels)
+    assert (metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]) == (3, 1, 2, 2)
+    assert metrics["precision"] == pytest.approx(3 / 4) and metrics["recall"] == pytest.approx(3 / 5)
+    assert metrics["f1"] == pytest.approx(2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5))
+    assert metrics["yes_ratio"] == pytest.approx(4 / 8) and metrics["accuracy"] == pytest.approx(5 / 8)
+
+
+def _reference_counts(name: str) -> dict[str, tuple[int, int, int, int]]:
+    """(tp, fp, tn, fn) per split, counted here from the files as LLaVA's eval_pope.py does: the answers
+    whose question has the split's category, in order, zipped with that split's labels; an answer is a
+    no when a space-separated word of its first sentence (commas dropped) is No, no or not."""
+    category = {}
+    for line in (FIXTURES / "llava_pope_test.jsonl").read_text().splitlines():
+        question = json.loads(line)
+        category[question["question_id"]] = question["category"]
+    answers = [json.loads(line) for line in (FIXTURES / "answers" / f"{name}.jsonl").read_text().splitlines()]
+    counts = {}
+    for split in ("adversarial", "popular", "random"):
+        labels = [json.loads(line)["label"] for line in (FIXTURES / "coco" / f"coco_pope_{split}.json").open()]
+        mine = [a["text"] for a in answers if category[a["question_id"]] == split]
+        tp = fp = tn = fn = 0
+        for text, label in zip(mine, labels, strict=True):
+            first = text.split(".")[0].replace(",", "").split(" ")
+            yes = not ("No" in first or "no" in first or "not" in first)
+            tp += yes and label == "yes"
+            fp += yes and label == "no"
+            tn += not yes and label == "no"
+            fn += not yes and label == "yes"
+        counts[split] = (tp, fp, tn, fn)
+    return counts
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_answer_files_precision_and_recall(name):
+    """Mutation caught: precision and recall swapped, on the published files (their fp and fn differ). The
+    expected values are counted here from the labels and answers and agree with the reference counts."""
+    scores = score_pope_answers(
+        FIXTURES / "answers" / f"{name}.jsonl", FIXTURES / "llava_pope_test.jsonl", FIXTURES / "coco"
+    )
+    counted = _reference_counts(name)
+    for split, (reference, _, _) in PUBLISHED[name].items():
+        assert counted[split] == reference
+        tp, fp, _, fn = counted[split]
+        assert fp != fn
+        assert scores[split]["precision"] == pytest.approx(tp / (tp + fp), abs=1e-12)
+        assert scores[split]["recall"] == pytest.approx(tp / (tp + fn), abs=1e-12)
+    for rate in ("precision", "recall"):
+        mean = sum(scores[split][rate] for split in ("adversarial", "popular", "random")) / 3
+        assert scores["mean"][rate] == pytest.approx(mean, abs=1e-12)
+
+
 @needs_fixtures
 def test_score_pope_cli_text_and_json(capsys):
     base = [

@@ -74,6 +74,19 @@ def test_defended_run_writes_records_summary_and_report(tmp_path, pope, tiny_lla
     assert summary["headline"]["mean.f1"] == summary["scores"]["mean"]["f1"]
     # the records are a LLaVA answer file: the standalone scorer agrees with the run's summary
     assert score_pope_answers(run / "records.jsonl", pope / "llava_pope_test.jsonl", pope / "coco") == summary["scores"]
+    # ... and both agree with the metrics counted here by hand from the records' predictions and labels
+    for split in ("adversarial", "popular", "random"):
+        mine = [r for r in records if r["meta"]["split"] == split]
+        pairs = [(r["prediction"] == "yes", r["meta"]["label"] == "yes") for r in mine]
+        tp = sum(p and t for p, t in pairs)
+        fp = sum(p and not t for p, t in pairs)
+        fn = sum(not p and t for p, t in pairs)
+        got = summary["scores"][split]
+        assert (got["tp"], got["fp"], got["fn"], got["n"]) == (tp, fp, fn, len(pairs))
+        assert got["accuracy"] == pytest.approx((len(pairs) - fp - fn) / len(pairs))
+        assert got["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+        assert got["recall"] == pytest.approx(tp / (tp + fn) if tp + fn else 0.0)
+        assert got["yes_ratio"] == pytest.approx((tp + fp) / len(pairs))
     assert json.loads((run / "summary.json").read_text())["scores"] == summary["scores"]
     report = (run / "report.md").read_text()
     assert "sigma 0.2" in report and "| adversarial |" in report and "9 of 9 answered (complete)" in report

@@ -145,3 +145,81 @@ def test_bad_inputs_raise_input_error(tiny_llava, minilm, image_file, tmp_path):
         g.generate(PROMPT, image=image_file, audio=image_file)
     with pytest.raises(ConfigError):
         g.generate(PROMPT, image=image_file, max_new_tokens=0)
+
+
+def test_pixel_copies_through_the_guard_are_clamped_to_both_bounds(tiny_llava, minilm, monkeypatch):
+    """Mutation caught: the pixel clamp [0, 1] -> [-1, 1] (or a bound dropped), through the guard. An image
+    near both bounds (0.01 and 0.99): the pixels the adapter preprocesses must be the image plus the copy's
+    seeded noise (drawn here independently), clamped to [0, 1], reaching 0 and 1 exactly."""
+    from smoothguard.noise import copy_seeds, query_seed
+
+    seen = []
+    original = tiny_llava.preprocess
+
+    def recording(media):
+        seen.append(media.detach().clone())
+        return original(media)
+
+    monkeypatch.setattr(tiny_llava, "preprocess", recording)
+    g = guard(tiny_llava, minilm, sigma=0.2, num_copies=2, noise_space="pixel")
+    image = torch.cat([torch.full((3, 16, 32), 0.01), torch.full((3, 16, 32), 0.99)], dim=1)
+    query = g.prepare([PROMPT], [image], ids=["img"])[0]
+    seen.clear()
+    g.candidates(query, range(2))
+    noisy = torch.cat(seen)
+    seeds = copy_seeds(query_seed(0, "id:img"), range(2))
+    draws = [torch.randn(image.shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    raw = torch.stack([image + 0.2 * draw for draw in draws])
+    assert torch.allclose(noisy, raw.clamp(0.0, 1.0))
+    assert noisy.min().item() == 0.0 and noisy.max().item() == 1.0
+
+
+class FixedVectors:
+    """An embedder that maps each answer to a fixed vector (answers not listed raise)."""
+
+    name = "fixed-vectors"
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def embed(self, texts):
+        return np.array([self.vectors[text] for text in texts], dtype=np.float32)
+
+
+def scripted_answers(model, monkeypatch, answers):
+    """Make ``model.complete`` answer ``answers`` in candidate order (clean first)."""
+    from smoothguard.models.base import Generation
+
+    def complete(inputs, **kwargs):
+        assert len(inputs) == len(answers)
+        return [Generation(text, 1, 1, "stop") for text in answers]
+
+    monkeypatch.setattr(model, "complete", complete)
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        # copy 1 is in the other cluster: a guard passing prefer_index=1 (or the last index) picks "a dog".
+        ["a cat", "a dog", "a cat.", "a dog"],
+        ["a cat", "a cat.", "a dog", "a dog"],
+    ],
+)
+def test_guard_level_tie_between_two_equal_clusters_is_won_by_the_clean_answer(
+    tiny_llava, image_file, monkeypatch, answers
+):
+    """Mutation caught: the guard not preferring the clean candidate on a tie (``prefer_index=CLEAN_INDEX``
+    pointing at another candidate, or the clean answer moved from index 0). The answers split 2 / 2 into two
+    clusters of equal size, and inside the clean one "a cat" and "a cat." have the same vector (a similarity
+    tie too): the clean answer must win both ties.
+
+    (``prefer_index=None`` is equivalent at guard level: the clean candidate is the first, and the cluster's
+    own tie rule, the first member first, then picks it too.)"""
+    vectors = {"a cat": [1.0, 0.0], "a cat.": [1.0, 0.0], "a dog": [0.0, 1.0]}
+    scripted_answers(tiny_llava, monkeypatch, answers)
+    g = SmoothGuard(tiny_llava, num_copies=3, embedder=FixedVectors(vectors))
+    result = g.generate(PROMPT, image=image_file, max_new_tokens=2)
+    assert result.cluster_sizes == [2, 2]
+    assert result.chosen_index == CLEAN_INDEX == 0 and result.text == "a cat" == result.clean_text
+    assert result.majority_fraction == 0.5
+    assert result.cluster_labels == [0 if a.startswith("a cat") else 1 for a in answers]

@@ -68,6 +68,34 @@ def test_audio_guard_with_waveform_noise(qwen_audio, minilm, audio_file):
     assert len(waves) == 5
 
 
+def test_guard_waveform_copies_are_clamped_to_both_bounds(qwen_audio, minilm, monkeypatch):
+    """Mutation caught: the waveform clamp [-1, 1] -> [0, 1] (or one bound dropped), through the guard. A clip
+    near both bounds (-0.99 and 0.99): the waveforms the adapter preprocesses must be the clean clip plus
+    sigma * N(0, 1) from each copy's seed (drawn here independently), clamped to [-1, 1]."""
+    from smoothguard.noise import copy_seeds, query_seed
+
+    seen = []
+    original = qwen_audio.preprocess
+
+    def recording(media):
+        seen.append(media.detach().clone())
+        return original(media)
+
+    monkeypatch.setattr(qwen_audio, "preprocess", recording)
+    guard = SmoothGuard(qwen_audio, sigma=0.2, num_copies=3, embedder=minilm)
+    clip = torch.cat([torch.full((8000,), -0.99), torch.full((8000,), 0.99)])
+    query = guard.prepare(["Hi"], [clip], ids=["clip"])[0]
+    seen.clear()
+    guard.candidates(query, range(3))
+    noisy = torch.cat(seen)
+    assert noisy.shape == (3, 16000)
+    seeds = copy_seeds(query_seed(0, "id:clip"), range(3))
+    raw = torch.stack([clip + 0.2 * torch.randn(16000, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    assert torch.allclose(noisy, raw.clamp(-1.0, 1.0))
+    assert noisy.min().item() == -1.0 and noisy.max().item() == 1.0
+    assert (noisy[:, :8000] < -0.99).any()  # the negative half keeps its sign and its noise
+
+
 def test_audio_model_refuses_images_and_image_spaces(qwen_audio, minilm, image_file):
     with pytest.raises(ConfigError):
         SmoothGuard(qwen_audio, noise_space="pixel", embedder=minilm)

@@ -540,3 +540,37 @@ def test_validate_prompt_rejects(prompt: object, match: str) -> None:
     with pytest.raises(InputError, match=match) as info:
         validate_prompt(prompt, max_chars=10)
     assert str(info.value).startswith("prompt:")
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_audio_of_exactly_max_seconds_is_accepted_one_sample_more_refused(tmp_path: Path, as_file: bool) -> None:
+    """Mutation caught: the duration check ``seconds > max_seconds`` turned into ``>=`` (or off by a sample),
+    for arrays and for files (checked from the header)."""
+    rate, seconds = 8000, 2
+
+    def source(samples: int) -> object:
+        values = np.zeros(samples, dtype=np.float32)
+        if not as_file:
+            return (values, rate)
+        path = tmp_path / f"clip-{samples}.wav"
+        sf.write(path, values, rate)
+        return path
+
+    exact = load_audio(source(rate * seconds), sampling_rate=rate, max_seconds=seconds)
+    assert exact.shape == (rate * seconds,)
+    with pytest.raises(InputError, match="max_seconds"):
+        load_audio(source(rate * seconds + 1), sampling_rate=rate, max_seconds=seconds)
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_image_of_exactly_max_pixels_is_accepted_one_pixel_more_refused(tmp_path: Path, as_file: bool) -> None:
+    """Mutation caught: the pixel check ``width * height > max_pixels`` turned into ``>=`` (or off by one),
+    for arrays and for files (checked from the header)."""
+    codes = np.zeros((12, 10, 3), dtype=np.uint8)
+    source: object = codes
+    if as_file:
+        source = tmp_path / "img.png"
+        Image.fromarray(codes).save(source)
+    assert load_image(source, max_pixels=120).shape == (3, 12, 10)
+    with pytest.raises(InputError, match="max_pixels"):
+        load_image(source, max_pixels=119)

@@ -45,3 +45,22 @@ def test_conversion_between_spaces():
 def test_validation(sigma, space):
     with pytest.raises(ConfigError):
         GaussianNoise(sigma, space)
+
+
+@pytest.mark.parametrize(("space", "low", "high"), [("pixel", 0.0, 1.0), ("waveform", -1.0, 1.0)])
+def test_clamp_reaches_both_bounds_of_each_space(space, low, high):
+    """Mutations caught: the waveform clamp [-1, 1] -> [0, 1], the pixel clamp [0, 1] -> [-1, 1] (or either
+    bound dropped). Inputs sit near both bounds; the clamped copies must equal an independent clamp of the
+    unclamped copies, hitting each bound exactly and leaving values inside untouched."""
+    x = torch.cat([torch.full((500,), low + 0.01), torch.full((500,), high - 0.01)])
+    seeds = copy_seeds(3, range(3))
+    free = GaussianNoise(0.3, space, clamp=False).perturb(x, seeds)
+    clamped = GaussianNoise(0.3, space).perturb(x, seeds)
+    expected = torch.where(free < low, torch.full_like(free, low), torch.where(free > high, high, free))
+    assert torch.equal(clamped, expected)
+    assert clamped.min().item() == low and clamped.max().item() == high
+    assert (free < low).any() and (free > high).any()
+    inside = (free > low) & (free < high)
+    assert torch.equal(clamped[inside], free[inside])
+    if space == "waveform":
+        assert (clamped < 0).any()  # negative samples survive: not clamped to [0, 1]

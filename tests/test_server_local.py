@@ -6,6 +6,8 @@ seeds (``test_server_urls.py`` has the URL normalisation)."""
 import base64
 import functools
 import io
+import json
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -157,6 +159,46 @@ def test_limits(server, name, status, code, param):
     response = post(server.url, body, key=KEY)
     error = error_of(response)
     assert (response.status_code, error["code"], error["param"]) == (status, code, param)
+
+
+def _limit_case(name, at_limit):
+    """A request at a limit (``at_limit``) or just past it: the body, the image's pixels, num_copies, sigma."""
+    body = {"model": "tiny", "messages": question("Hi", seed=0), "max_tokens": 2}
+    if name == "pixels":
+        size = (80, 80) if at_limit else (80, 81)  # max_image_pixels 6400
+        body["messages"] = user("Hi", image_part(data_uri(png_bytes(0, size=size))))
+    elif name == "num_copies":
+        body["smoothguard"] = {"num_copies": LIMITS["max_num_copies"] + (0 if at_limit else 1)}
+    elif name == "sigma":
+        limit = LIMITS["max_sigma"]
+        body["smoothguard"] = {"sigma": limit if at_limit else math.nextafter(limit, math.inf)}
+    raw = json.dumps(body).encode()
+    if name == "body":  # pad with JSON whitespace to exactly max_body_bytes, or one byte more
+        raw += b" " * (LIMITS["max_body_bytes"] - len(raw) + (0 if at_limit else 1))
+        assert len(raw) == LIMITS["max_body_bytes"] + (0 if at_limit else 1)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("body", 413, "body_too_large"),
+        ("pixels", 413, "image_too_large"),
+        ("num_copies", 422, "num_copies_too_large"),
+        ("sigma", 422, "sigma_too_large"),
+    ],
+)
+def test_limit_values_themselves_are_accepted_and_just_above_refused(server, name, status, code):
+    """Mutations caught: each server limit off by one (``>`` turned into ``>=``, or the bound shifted): a
+    body of exactly max_body_bytes, an image of exactly max_image_pixels, num_copies and sigma at exactly
+    the server's limits are answered; one byte, one pixel row, one copy, the next float above are refused."""
+    accepted = post(server.url, None, key=KEY, raw=_limit_case(name, True))
+    assert accepted.status_code == 200, accepted.text
+    evidence = accepted.json()["smoothguard"]
+    if name in ("num_copies", "sigma"):
+        assert evidence[name] == LIMITS[f"max_{name}"]
+    refused = post(server.url, None, key=KEY, raw=_limit_case(name, False))
+    assert (refused.status_code, error_of(refused)["code"]) == (status, code)
 
 
 def _garbage_png():
