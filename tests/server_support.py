@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import threading
 from collections import Counter
 from typing import Any
 
@@ -74,18 +75,45 @@ class ScriptedUpstream:
     """An OpenAI-compatible endpoint that answers ``PROMPT|SHA8`` (the prompt and a hash of the image).
 
     ``fail_first``: answer this many requests per distinct prompt with ``fail_status`` first.
-    ``delay``: seconds to wait, as a function of the prompt. Records the most requests in flight.
+    ``delay``: seconds to wait, as a function of the prompt (after the gate). ``gate``: hold every request
+    until this many are in flight at once (the number of requests must be a multiple of it), so that a
+    concurrency bound is reached deterministically, not by sleeps that happen to overlap. ``hold``: answer nothing until
+    ``release()`` (a client's timeout must fire). Records the most requests in flight.
     """
 
-    def __init__(self, *, fail_first: int = 0, fail_status: int = 503, delay: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        delay: Any = None,
+        gate: int = 0,
+        hold: bool = False,
+    ) -> None:
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.delay = delay or (lambda prompt: 0.0)
+        self.gate = gate
+        self.released = threading.Event()
+        if not hold:
+            self.released.set()
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.complete)
+
+    def release(self) -> None:
+        """Let held requests go (``hold=True``)."""
+        self.released.set()
+
+    @staticmethod
+    async def _wait(condition: Any, timeout: float = 30.0) -> None:
+        """Poll ``condition`` (a test's own state, set from other threads) until it holds or ``timeout``."""
+        waited = 0.0
+        while not condition() and waited < timeout:
+            await asyncio.sleep(0.005)
+            waited += 0.005
 
     @staticmethod
     def answer(prompt: str, png: bytes) -> str:
@@ -100,6 +128,8 @@ class ScriptedUpstream:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            await self._wait(self.released.is_set)
+            await self._wait(lambda: self.in_flight >= self.gate)
             await asyncio.sleep(self.delay(prompt))
         finally:
             self.in_flight -= 1

@@ -62,8 +62,9 @@ def test_load_model_gives_a_pixel_space_remote_adapter():
 
 
 def test_answers_keep_query_order_under_bounded_concurrency():
-    # Later queries answer first; at most 3 requests may be in flight.
-    upstream = ScriptedUpstream(delay=lambda prompt: 0.02 * (9 - int(prompt[1:])))
+    # Each request is held until 3 are in flight (the gate: no sleeps that must overlap), then later
+    # queries answer first; at most 3 requests may be in flight.
+    upstream = ScriptedUpstream(gate=3, delay=lambda prompt: 0.005 * (9 - int(prompt[1:])))
     with BackgroundServer(upstream.app) as server:
         adapter = remote(server, max_concurrency=3)
         batch = queries(adapter, 9)
@@ -94,11 +95,14 @@ def test_client_errors_are_not_retried():
 
 
 def test_timeout_and_unreachable_upstream():
-    upstream = ScriptedUpstream(delay=lambda prompt: 0.6)
+    upstream = ScriptedUpstream(hold=True)  # answers nothing until released: the timeout must fire
     with BackgroundServer(upstream.app) as server:
         adapter = remote(server, timeout=0.2, max_retries=0)
-        with pytest.raises(UpstreamError, match="ReadTimeout") as failure:
-            adapter.generate(queries(adapter, 2))
+        try:
+            with pytest.raises(UpstreamError, match="ReadTimeout") as failure:
+                adapter.generate(queries(adapter, 2))
+        finally:
+            upstream.release()
         assert failure.value.status is None
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
