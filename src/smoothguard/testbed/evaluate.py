@@ -81,5 +81,6 @@ def evaluate(model: MLLMAdapter, num_scenes: int = 300, *, batch_size: int = 64,
             hits["benign-answered"].append(answer != REFUSAL)
     report = {key: {"accuracy": sum(v) / len(v), "n": len(v)} for key, v in sorted(hits.items())}
     for key, minimum in TARGETS.items():
-        report[key].update(target=minimum, met=report[key]["accuracy"] >= minimum)
+        if key in report:  # a few scenes may hold no probe of a kind
+            report[key].update(target=minimum, met=report[key]["accuracy"] >= minimum)
     return report
