@@ -337,7 +337,8 @@ def test_fresh_seeds_in_one_batch_and_each_returned_seed_reproduces_its_answer(t
         first = [response.json()["smoothguard"] for response in together(batched.url, [request] * count)]
         assert len(generate_calls) == 1 and all(e["batch_queries"] == count for e in first)
         assert len({e["seed"] for e in first}) == count and {e["seed_source"] for e in first} == {"random"}
-        assert len({tuple(e["candidates"]) for e in first}) > 1  # fresh noise per request, in one batch
+        # Fresh noise per request, in one batch: the seeds differ (the tiny model's answers may still coincide,
+        # so they are not compared here: whether an OS-random seed changes them is chance).
         # The same request with a returned seed, in a batch of others: that request's answer again.
         again = [{**request, "smoothguard": {"return_candidates": True, "seed": e["seed"]}} for e in first]
         second = [response.json()["smoothguard"] for response in together(batched.url, again)]
