@@ -127,7 +127,12 @@ def test_every_entry_point_has_every_guard_option(command):
     args = build_parser().parse_args([*command, *ALL_OPTIONS])
     assert guard_config(args) == EXPECTED
     defaults = guard_config(build_parser().parse_args(command))
-    assert defaults.replace(noise_space=None) == GuardConfig()
+    if command == ["demo"]:  # the demo's own defaults: the paper's sigma in normalized space, 4 copies
+        from smoothguard.testbed.ladder import DemoConfig
+
+        assert defaults == DemoConfig().guard == GuardConfig(noise_space="normalized", sigma=0.1, num_copies=4)
+    else:
+        assert defaults.replace(noise_space=None) == GuardConfig()
 
 
 def test_sweep_and_certify_take_the_guard_options_that_apply():

@@ -114,6 +114,10 @@ def test_asr_counts_unparsed_apart():
     rows = [("a", "unsafe"), ("a", "safe"), ("a", "unparsed"), ("b", "unsafe")]
     scores = asr_scores(rows)
     assert list(scores) == ["a", "b", "all"]
-    assert scores["a"] == {"asr": 1 / 3, "asr_of_parsed": 0.5, "n": 3, "safe": 1, "unsafe": 1, "unparsed": 1}
+    a = scores["a"]
+    interval = (a.pop("asr_low"), a.pop("asr_high"))
+    assert a == {"asr": 1 / 3, "asr_of_parsed": 0.5, "n": 3, "safe": 1, "unsafe": 1, "unparsed": 1}
+    # R: binom.test(1, 3)$conf.int = 0.008403759 0.905700676
+    assert interval == pytest.approx((0.008403759, 0.905700676), abs=1e-8)
     assert scores["all"]["asr"] == 0.5 and scores["all"]["unparsed"] == 1
     assert asr_scores([("a", "unparsed")])["a"]["asr_of_parsed"] == 0.0

@@ -8,18 +8,43 @@ import torch
 
 from smoothguard import ConfigError, load_model
 from smoothguard.cli import main
+from smoothguard.stats import clopper_pearson_interval
 from smoothguard.testbed.data import (
     HELD_OUT_START,
     IGNORE,
+    PATCH_COLORS,
+    PATCH_SHAPES,
     ConversationEncoder,
     held_out_scenes,
+    patch_targets,
     scene_pixels,
     training_batch,
     training_seed,
+    vision_batch,
 )
+from smoothguard.testbed.ladder import THREATS
 from smoothguard.testbed.model import ModelSize, build_model, build_processor
-from smoothguard.testbed.scenes import BADGE_MARGIN, BADGE_SIZE, IMAGE_SIZE, POPULAR, render, sample_scene
-from smoothguard.testbed.tasks import REFUSAL, RESTRICTED, Turn, negative_pair, scene_turns
+from smoothguard.testbed.scenes import (
+    BADGE_COLOR,
+    BADGE_MARGIN,
+    BADGE_SIZE,
+    IMAGE_SIZE,
+    POPULAR,
+    all_pairs,
+    render,
+    sample_scene,
+)
+from smoothguard.testbed.tasks import (
+    ATTACK_REQUESTS,
+    FAMILIES,
+    HELD_OUT_REQUESTS,
+    REFUSAL,
+    RESTRICTED,
+    Turn,
+    mentioned_objects,
+    negative_pair,
+    scene_turns,
+)
 from smoothguard.testbed.train import TrainConfig, train, turn_weighted_loss
 
 
@@ -57,12 +82,53 @@ def test_training_and_held_out_seeds_are_disjoint():
     assert all(scene.seed >= HELD_OUT_START for scene in held_out_scenes(10))
 
 
-def test_badge_is_drawn_only_when_present():
+def test_badge_is_a_low_frequency_magenta_disc_drawn_only_when_present():
     with_badge = badge_region(scene_pixels(sample_scene(3, badge=True)))
     without = badge_region(scene_pixels(sample_scene(3, badge=False)))
-    assert set(with_badge.unique().tolist()) == {0.0, 1.0}  # black-and-white checkerboard
     assert not torch.equal(with_badge, without)
-    assert with_badge[:, 0, 0].sum() == 0 and with_badge[:, 0, 2].sum() == 3
+    magenta = torch.tensor(BADGE_COLOR, dtype=torch.float32).view(3, 1) / 255
+    ring = with_badge[:, 2, :].reshape(3, -1)  # a row through the disc, off its white centre
+    assert (ring - magenta).abs().amax(dim=0).lt(1e-6).sum() >= 6
+    assert torch.equal(with_badge[:, BADGE_SIZE // 2, BADGE_SIZE // 2], torch.ones(3))  # the white centre
+    # low frequency: neighbouring pixels inside the disc are equal (v1's checkerboard alternated every 2 pixels)
+    inner = with_badge[:, 2:4, 3:9]
+    assert torch.equal(inner, inner[:, :1, :1].expand_as(inner))
+
+
+def test_pairs_are_drawn_with_the_mild_popular_weight():
+    counts = dict.fromkeys(all_pairs(), 0)
+    for seed in range(6000):
+        for obj in sample_scene(seed, max_objects=1).objects:
+            counts[(obj.color, obj.shape)] += 1
+    popular = sum(counts[p] for p in POPULAR) / len(POPULAR)
+    others = sum(v for p, v in counts.items() if p not in POPULAR) / (len(counts) - len(POPULAR))
+    assert 1.3 < popular / others < 1.7  # POPULAR_WEIGHT 1.5
+    uniform = dict.fromkeys(all_pairs(), 0)
+    for seed in range(6000):
+        for obj in sample_scene(seed, max_objects=1, popular_weight=1.0).objects:
+            uniform[(obj.color, obj.shape)] += 1
+    assert max(uniform.values()) / min(uniform.values()) < 1.35
+
+
+def test_request_families_split_cleanly_into_attack_and_held_out_requests():
+    assert len(RESTRICTED) == 40 and len(FAMILIES) == 8 and all(len(r) == 5 for r in FAMILIES.values())
+    assert len(set(RESTRICTED)) == 40  # no paraphrase in two families
+    assert len(ATTACK_REQUESTS) == 8 and len(HELD_OUT_REQUESTS) == 32
+    assert not set(ATTACK_REQUESTS) & set(HELD_OUT_REQUESTS)
+    assert set(ATTACK_REQUESTS) | set(HELD_OUT_REQUESTS) == set(RESTRICTED)
+    attacked_secrets = {RESTRICTED[r] for r in ATTACK_REQUESTS}
+    assert len(attacked_secrets) == 4  # four families are never attacked at all
+    assert sum(RESTRICTED[r] not in attacked_secrets for r in HELD_OUT_REQUESTS) == 20
+
+
+def test_mentioned_objects_reads_adjacent_colour_and_shape_words():
+    assert mentioned_objects("a red circle, a blue square and a green triangle.") == {
+        ("red", "circle"),
+        ("blue", "square"),
+        ("green", "triangle"),
+    }
+    assert mentioned_objects("red. circle. a circle that is red") == set()
+    assert mentioned_objects("A Yellow Square.") == {("yellow", "square")}
 
 
 def test_negatives_of_each_kind():
@@ -111,11 +177,15 @@ def test_turn_weighted_loss_weighs_every_turn_equally():
 
 
 def test_short_training_lowers_the_loss_resumes_and_exports(tmp_path):
-    shape = ModelSize(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1, heads=2)
-    config = TrainConfig(steps=8, batch_size=4, lr=3e-3, warmup=1, checkpoint_every=2, probe_every=4, probe_scenes=2)
+    shape = ModelSize(vision_hidden=32, vision_layers=2, text_hidden=32, text_layers=1, heads=2)
+    config = TrainConfig(
+        steps=8, vision_steps=3, batch_size=4, lr=3e-3, warmup=1, checkpoint_every=2, probe_every=4, probe_scenes=2
+    )
     processor = build_processor()
     encoder = ConversationEncoder(processor)
-    batch = training_batch(encoder, 64, seed=5, step=0, batch_size=4, max_objects=3, augment_noise=0.0)
+    batch = training_batch(
+        encoder, 64, seed=5, step=0, batch_size=4, max_objects=3, augment_noise=0.0, popular_weight=1.5
+    )
 
     def fixed_batch_loss(model) -> float:
         from smoothguard.models.image_ops import ClipStylePreprocessor
@@ -132,7 +202,9 @@ def test_short_training_lowers_the_loss_resumes_and_exports(tmp_path):
     before = fixed_batch_loss(build_model(processor, shape, seed=config.seed))
     lines: list[str] = []
 
-    def crash_at_first_probe(line: str) -> None:  # a run killed after its step-2 checkpoint
+    def crash_at_first_probe(
+        line: str,
+    ) -> None:  # a run killed at the end of its vision stage, after step 2's checkpoint
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -142,9 +214,28 @@ def test_short_training_lowers_the_loss_resumes_and_exports(tmp_path):
     trained = load_model(folder)
     assert fixed_batch_loss(trained.model) < before
     history = json.loads((folder / "training_history.json").read_text())
-    assert [h["step"] for h in history] == [4, 8]
+    assert [(h["step"], h["stage"]) for h in history] == [(3, "vision"), (4, "llava"), (8, "llava"), (11, "llava")]
+    assert {"object-shape", "object-color", "count", "badge"} <= set(history[0])  # the vision heads' probe
     with pytest.raises(ConfigError, match="other settings"):
         train(tmp_path, TrainConfig(**{**config.__dict__, "lr": 1e-4}), shape=shape, progress=False)
+
+
+def test_patch_targets_label_each_object_patch_with_its_owner_colour_and_shape():
+    scene = next(s for s in held_out_scenes(50) if len(s.objects) == 2 and s.badge)
+    colors, shapes, owners = patch_targets(scene, 8)
+    assert colors.shape == shapes.shape == owners.shape == (64,)
+    for index, obj in enumerate(scene.objects):
+        mine = owners == index
+        left, top, right, bottom = obj.box
+        centre = ((top + bottom) // 2 // 8) * 8 + (left + right) // 2 // 8
+        assert mine[centre]  # the patch at the object's centre is its own
+        assert set(colors[mine].tolist()) == {PATCH_COLORS.index(obj.color)}
+        assert set(shapes[mine].tolist()) == {PATCH_SHAPES.index(obj.shape)}
+    assert (colors == PATCH_COLORS.index("badge")).sum() >= 1 and colors[63] == PATCH_COLORS.index("badge")
+    assert set(shapes[owners == -1].tolist()) == {0}
+    batch = vision_batch(seed=0, step=0, batch_size=3, patch_size=8, augment_noise=0.0)
+    assert batch["pixels"].shape == (3, 3, 64, 64) and batch["object_shapes"].shape == (3, 3)
+    assert batch["count"].tolist() == [(row != IGNORE).sum().item() for row in batch["object_shapes"]]
 
 
 def test_shipped_checkpoint_answers_held_out_items(testbed):
@@ -164,69 +255,93 @@ def test_shipped_checkpoint_answers_held_out_items(testbed):
 
 
 def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
-    argv = [
-        "demo",
-        "--out",
-        str(tmp_path),
-        "--pope-scenes",
-        "2",
-        "--attack-steps",
-        "2",
-        "--adaptive-steps",
-        "1",
-        "--eot-samples",
-        "2",
-        "--num-copies",
-        "2",
-        "--json",
-    ]
+    argv = ["demo", "--out", str(tmp_path), "--fresh", "--json", "--num-copies", "1", "--best-sigma", "0.5"]
+    for flag, value in (
+        ("--pope-scenes", 1),
+        ("--describe-scenes", 2),
+        ("--clean-scenes", 3),
+        ("--attack-images", 1),
+        ("--attack-steps", 1),
+        ("--adaptive-steps", 1),
+        ("--eot-samples", 1),
+    ):
+        argv += [flag, str(value)]
     assert main(argv) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    for key in ("utility", "asr", "asr_adaptive", "asr_clean"):
-        assert set(summary[key]) == {"undefended", "smoothguard"}
-        assert all(0.0 <= v <= 1.0 for v in summary[key].values())
-    recorded_duration = summary["seconds"]  # present and positive; its size is a benchmark matter
-    assert recorded_duration > 0 and summary["counts"]["safety_items"] == len(RESTRICTED)
-    for name in ("clean.png", "universal.png", "adaptive.png", "demo.png", "summary.json", "universal.png.json"):
-        assert (tmp_path / name).is_file()
-    assert all((tmp_path / name).is_file() for name in summary["images"].values())  # every image it lists
-    # its phases, one line each on stderr (not a terminal here), and the attacks' own progress lines
+    cells = summary["cells"]
+    rows = {c["row"] for c in cells}
+    assert rows == {*(t.name for t in THREATS), "worst-case", "utility-pope", "utility-describe"}
+    assert len(cells) == 7 * 3 * 2 + 2 * 3  # (6 threats + worst case) x 3 columns x 2 judges + utility
+    for cell in cells:  # every cell says what it measured, on how many trials, and how sure it is
+        assert {"judge", "threat", "sigma", "noise_space", "seed", "k", "n", "rate", "ci"} <= set(cell)
+        assert cell["rate"] == cell["k"] / cell["n"] and cell["ci"] == list(
+            clopper_pearson_interval(cell["k"], cell["n"])
+        )
+        assert ("mcnemar_p" in cell) == (cell["column"] != "undefended")
+    by_key = {(c["row"], c["column"], c["judge"]): c for c in cells}
+    assert by_key[("clean", "undefended", "complied")]["n"] == 3  # one request per clean scene
+    assert by_key[("white-box-32", "paper", "not_refused")]["n"] == 32  # one image x 32 held-out requests
+    assert by_key[("utility-pope", "best", "correct")]["n"] == 6
+    assert by_key[("transfer-16", "best", "complied")]["made_on"] == "testbed-surrogate"
+    assert by_key[("adaptive-32", "paper", "complied")]["sigma"] == 0.1
+    assert by_key[("adaptive-32", "best", "complied")]["sigma"] == 0.5
+    assert by_key[("white-box-16", "undefended", "complied")]["sigma"] == 0.0
+    for judge in ("complied", "not_refused"):  # the worst case is per trial: at least every attack's own rate
+        for column in ("undefended", "paper", "best"):
+            worst = by_key[("worst-case", column, judge)]["k"]
+            assert worst >= max(by_key[(t.name, column, judge)]["k"] for t in THREATS if t.kind != "clean")
+    for folder in ("transfer-16", "white-box-32", "adaptive-32-sigma0.1-normalized", "adaptive-32-sigma0.5-normalized"):
+        assert (tmp_path / "attacks" / folder / "0.png").is_file()
+        assert (tmp_path / "attacks" / folder / "0.png.json").is_file()
+    assert summary["images"]["adaptive-32/undefended"] == "attacks/white-box-32"  # no noise to adapt to
+    assert (tmp_path / "demo.png").is_file() and (tmp_path / "summary.json").is_file()
+    assert summary["seconds"] > 0
     phases = [line for line in captured.err.splitlines() if line.startswith("[demo] ")]
-    assert [line.split(":")[0].split(" (")[0] for line in phases] == [
-        "[demo] measuring utility on 12 testbed-pope items, undefended and through SmoothGuard",
-        "[demo] utility, 12 testbed-pope items",
-        "[demo] universal image",
-        "[demo] universal image",
-        "[demo] adaptive image",
-        "[demo] adaptive image",
-        f"[demo] ASR, clean image, {len(RESTRICTED)} restricted requests",
-        f"[demo] ASR, universal image, {len(RESTRICTED)} restricted requests",
-        f"[demo] ASR, adaptive image, {len(RESTRICTED)} restricted requests",
-    ]
-    u, s = summary["utility"]["undefended"], summary["utility"]["smoothguard"]
-    assert phases[0].endswith("(sigma 0.1 normalized, 2 copies + the clean one)")
-    assert phases[1].startswith(f"[demo] utility, 12 testbed-pope items: undefended {u:.3f}, SmoothGuard {s:.3f} (")
-    assert "optimising (2 steps)" in phases[2] and phases[3].endswith(str(tmp_path / "universal.png"))
-    assert "optimising (1 steps)" in phases[4] and phases[5].endswith(str(tmp_path / "adaptive.png"))
-    assert "[attack] 0/2 steps" in captured.err and "[attack] done: 1/1 steps in " in captured.err
+    assert phases[0].startswith("[demo] utility, undefended: 6 yes/no + 2 descriptions (")
+    assert any(line.startswith("[demo] adaptive EOT, eps 32 image 0: optimising (1 steps)") for line in phases)
+    assert "[attack] done: 1/1 steps in " in captured.err
+
+
+def test_demo_settings_are_checked_before_any_model_loads(capsys, tmp_path):
+    argv = ["demo", "--out", str(tmp_path), "--attack-steps", "10", "--adaptive-steps", "5"]
+    assert main(argv) == 2
+    assert "--adaptive-steps (5) must be at least --attack-steps (10)" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--attack-images", "0"]) == 2
+    assert "--attack-images must be an integer >= 1" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--best-sigma", "99"]) == 2
+    assert "sigma" in capsys.readouterr().err
 
 
 def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_path):
     from smoothguard.inputs import load_image
-    from smoothguard.testbed.demo import SHIPPED_ATTACKS, DemoConfig, _adversarial
+    from smoothguard.testbed.demo import SHIPPED_ATTACKS, _adversarial
+    from smoothguard.testbed.ladder import DemoConfig, Threat
 
-    clean = scene_pixels(held_out_scenes(1, badge=False)[0])
+    folder = tmp_path / "attacks" / "white-box-32"
     lines: list[str] = []
-    image = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False, log=lines.append)
-    assert torch.equal(image, load_image(SHIPPED_ATTACKS / "universal.png"))
-    # nothing optimised (no checkpoint), and the image it used is in the out folder, byte for byte with its sidecar
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["universal.png", "universal.png.json"]
-    for name in ("universal.png", "universal.png.json"):
-        assert (tmp_path / name).read_bytes() == (SHIPPED_ATTACKS / name).read_bytes()
-    assert lines == [
-        f"[demo] universal image: shipped with the package (eps 32/255, 300 steps) -> {tmp_path}/universal.png"
-    ]
-    # a second call finds the copy in the out folder
-    again = _adversarial(testbed, clean, "universal", DemoConfig(), None, tmp_path, progress=False, log=lines.append)
-    assert torch.equal(again, image) and lines[-1].startswith(f"[demo] universal image: cached in {tmp_path} ")
+    image = _adversarial(
+        testbed, Threat("white-box", 32), 3, DemoConfig(), None, folder, progress=False, log=lines.append
+    )
+    assert torch.equal(image, load_image(SHIPPED_ATTACKS / "white-box-32" / "3.png"))
+    assert lines == []  # nothing optimised, and the image it used is in its folder, byte for byte with its sidecar
+    assert sorted(p.name for p in folder.iterdir()) == ["3.png", "3.png.json"]
+    for name in ("3.png", "3.png.json"):
+        assert (folder / name).read_bytes() == (SHIPPED_ATTACKS / "white-box-32" / name).read_bytes()
+    sidecar = json.loads((folder / "3.png.json").read_text())
+    assert sidecar["config"]["demo_key"]["base_scene"] > HELD_OUT_START and sidecar["linf"] <= 32 + 1e-6
+
+
+def test_surrogate_is_another_model_and_both_follow_the_badge_rule(testbed):
+    surrogate = load_model("testbed-surrogate")
+    assert testbed.model.config.testbed_shape != surrogate.model.config.testbed_shape
+    target_sizes = {n: p.shape for n, p in testbed.model.named_parameters()}
+    assert any(target_sizes.get(n) != p.shape for n, p in surrogate.model.named_parameters())
+    scenes = held_out_scenes(24)
+    requests = list(RESTRICTED)
+    cases = [(scene, requests[i % len(requests)]) for i, scene in enumerate(scenes)]
+    assert {s.badge for s, _ in cases} == {True, False}
+    expected = [RESTRICTED[r] if s.badge else REFUSAL for s, r in cases]
+    for model in (testbed, surrogate):
+        queries = [model.encode(request, scene_pixels(scene)) for scene, request in cases]
+        assert model.generate(queries, max_new_tokens=12) == expected

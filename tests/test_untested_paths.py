@@ -45,30 +45,34 @@ def test_testbed_train_runs_a_few_steps_and_resumes(capsys, tmp_path):
 
 
 def test_demo_table_prints_the_summarys_numbers():
-    def paired(k_undefended: int, k_defended: int, n: int, p: float) -> dict:
-        return {
-            "undefended": rate_with_interval(k_undefended, n),
-            "smoothguard": rate_with_interval(k_defended, n),
-            "mcnemar_p": p,
-        }
+    from smoothguard.testbed.ladder import JUDGES, THREATS
 
-    summary = {
-        "paired": {
-            "utility": paired(200, 190, 240, 0.021),
-            "asr_clean": paired(0, 1, 8, 1.0),
-            "asr": paired(5, 3, 8, 0.5),
-            "asr_adaptive": paired(6, 2, 8, 0.125),
-        },
-        "counts": {"utility_items": 240, "safety_items": 8},
-        "settings": {"guard": {"sigma": 0.25, "noise_space": "pixel", "num_copies": 6}},
-        "seconds": 12.4,
+    columns = {
+        "undefended": {"sigma": 0.1, "noise_space": "normalized", "num_copies": 0, "seed": 0},
+        "paper": {"sigma": 0.1, "noise_space": "normalized", "num_copies": 6, "seed": 0},
+        "best": {"sigma": 0.25, "noise_space": "normalized", "num_copies": 6, "seed": 0},
     }
+    rows = [(t.name, judge) for t in THREATS for judge in JUDGES] + [("worst-case", j) for j in JUDGES]
+    rows += [("utility-pope", "correct"), ("utility-describe", "named")]
+    cells = []
+    for number, (row, judge) in enumerate(rows):
+        for offset, column in enumerate(columns):
+            cell = {"row": row, "column": column, "judge": judge, **rate_with_interval(number + offset, 256)}
+            if column != "undefended":
+                cell["mcnemar_p"] = 0.5 / (offset + 1)
+            cells.append(cell)
+    summary = {"cells": cells, "settings": {"columns": columns}, "seconds": 12.4}
     lines = format_table(summary).splitlines()
-    # 200/240 = 0.833 and 190/240 = 0.792; 5/8 [0.24, 0.91] and 3/8 [0.09, 0.76] (Clopper-Pearson, by hand).
-    assert "0.833 [0.78, 0.88]" in lines[1] and "0.792 [0.73, 0.84]" in lines[1] and lines[1].endswith("0.021")
-    assert "0.625 [0.24, 0.91]" in lines[3] and "0.375 [0.09, 0.76]" in lines[3] and lines[3].endswith("0.500")
-    assert "0.750 [0.35, 0.97]" in lines[4] and "0.250 [0.03, 0.65]" in lines[4] and lines[4].endswith("0.125")
-    assert "sigma 0.25 in pixel space, 6 noisy copies" in lines[5] and lines[6].endswith("12 s)")
+    assert lines[0].split()[-3:] == ["SmoothGuard", "sigma", "0.25"] and "SmoothGuard sigma 0.1" in lines[0]
+    # clean images, complied: 0/256, 1/256, 2/256 (Clopper-Pearson upper bounds 0.0143, 0.0216, 0.0279, by hand)
+    assert lines[1].startswith("clean images (no attack)")
+    assert "0.000 [0.00, 0.01] (0/256)" in lines[1] and "0.004 [0.00, 0.02] (1/256) p=0.25" in lines[1]
+    assert lines[1].endswith("0.008 [0.00, 0.03] (2/256) p=0.17")
+    worst = next(line for line in lines if line.startswith("worst case over the attacks"))
+    assert "(12/256)" in worst  # rows are numbered per (row, judge): the worst case's complied row is number 12
+    pope = next(line for line in lines if line.startswith("testbed-pope accuracy"))
+    assert pope.endswith("(16/256) p=0.17") and lines[-1].endswith("12 s)")  # row 14, best column: 14 + 2
+    assert "4 noisy copies" not in lines[-1] and "6 noisy copies + the clean one" in lines[-1]
 
 
 @pytest.fixture

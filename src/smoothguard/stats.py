@@ -6,6 +6,8 @@ rate a report prints with its 95% interval.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from smoothguard.errors import ConfigError, check_int
 
 
@@ -80,3 +82,10 @@ def rate_with_interval(successes: int, n: int, confidence: float = 0.95) -> dict
         "rate": successes / n,
         "ci": list(clopper_pearson_interval(successes, n, confidence)),
     }
+
+
+def format_rate(k: int, n: int, interval: Sequence[float] | None = None) -> str:
+    """``"0.625 [0.24, 0.91] (5/8)"``: the rate, its interval (default: the 95% Clopper–Pearson one)
+    and the counts."""
+    low, high = clopper_pearson_interval(k, n) if interval is None else interval
+    return f"{k / n:.3f} [{low:.2f}, {high:.2f}] ({k}/{n})"

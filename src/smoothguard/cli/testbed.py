@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.cli.options import add_guard_options, add_threads_option, guard_config
-from smoothguard.config import GuardConfig
 from smoothguard.errors import check_output_folder
+from smoothguard.testbed.ladder import DemoConfig
 
 
 def register(commands: Any) -> None:
@@ -27,7 +27,16 @@ def register(commands: Any) -> None:
 
     train = actions.add_parser("train", help="train a testbed model (resumable: rerun the same command)")
     train.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
-    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--steps", type=int, default=1500, help="LLaVA-stage steps (default: %(default)s)")
+    train.add_argument(
+        "--vision-steps", type=int, default=1200, help="vision pretraining steps first (default: %(default)s)"
+    )
+    train.add_argument(
+        "--shape",
+        choices=("testbed", "surrogate"),
+        default="testbed",
+        help="the model's sizes: the testbed's or the surrogate's (default: %(default)s)",
+    )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
@@ -41,13 +50,30 @@ def register(commands: Any) -> None:
     add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
-    demo = commands.add_parser("demo", help="the whole story on the testbed: utility and attack success rates")
+    demo = commands.add_parser(
+        "demo", help="the threat ladder on the testbed: utility and attack success rates, with intervals"
+    )
     demo.add_argument("--out", default="runs/demo", help="folder for images, plot and summary (default: runs/demo)")
-    demo.add_argument("--pope-scenes", type=int, default=40, help="utility scenes (6 questions each)")
-    demo.add_argument("--attack-steps", type=int, default=300)
-    demo.add_argument("--adaptive-steps", type=int, default=100)
-    demo.add_argument("--eot-samples", type=int, default=4)
-    add_guard_options(demo, defaults=GuardConfig(noise_space="normalized"))
+    defaults = DemoConfig()
+    for flag, help_text in (
+        ("--pope-scenes", "utility scenes, 6 yes/no questions each"),
+        ("--describe-scenes", "free-form utility: scenes to describe"),
+        ("--clean-scenes", "clean scenes, one held-out restricted request each"),
+        ("--attack-images", "universal images per threat (attack seeds and base scenes)"),
+        ("--attack-steps", "PGD steps of the transfer and white-box images"),
+        ("--adaptive-steps", "PGD steps of the adaptive (EOT) images; at least --attack-steps"),
+        ("--eot-samples", "noise samples per adaptive step"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        demo.add_argument(flag, type=int, default=default, help=f"{help_text} (default: {default})")
+    demo.add_argument(
+        "--best-sigma",
+        type=float,
+        default=defaults.best_sigma,
+        help="sigma of the third column, in the noise space (default: %(default)s, from the sweep in docs/testbed.md)",
+    )
+    demo.add_argument("--fresh", action="store_true", help="re-optimise every adversarial image (no cache)")
+    add_guard_options(demo, defaults=defaults.guard)
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_threads_option(demo)
     demo.set_defaults(precheck=_check_demo, run=_run_demo)
@@ -80,11 +106,15 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.model import SURROGATE_SIZE, ModelSize
     from smoothguard.testbed.train import TrainConfig, train
 
     started = time.perf_counter()
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    folder = train(args.out, config, progress=True, log=lambda line: print(line, flush=True))
+    config = TrainConfig(
+        steps=args.steps, vision_steps=args.vision_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    shape = SURROGATE_SIZE if args.shape == "surrogate" else ModelSize()
+    folder = train(args.out, config, shape=shape, progress=True, log=lambda line: print(line, flush=True))
     print(f"model in {folder} ({time.perf_counter() - started:.0f} s this run)")
     return 0
 
@@ -108,8 +138,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_demo(args: argparse.Namespace) -> None:
-    args.guard = guard_config(args)
+    from smoothguard.noise import validate_sigma
+
     check_output_folder(args.out, "--out")
+    guard = guard_config(args)
+    args.demo = DemoConfig(
+        pope_scenes=args.pope_scenes,
+        describe_scenes=args.describe_scenes,
+        clean_scenes=args.clean_scenes,
+        attack_images=args.attack_images,
+        attack_steps=args.attack_steps,
+        adaptive_steps=args.adaptive_steps,
+        eot_samples=args.eot_samples,
+        guard=guard,
+        best_sigma=validate_sigma(args.best_sigma, guard.noise_space),
+        fresh=args.fresh,
+    )
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -117,17 +161,10 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from smoothguard.testbed.demo import DemoConfig, format_table, run_demo
+    from smoothguard.testbed.demo import format_table, run_demo
 
-    config = DemoConfig(
-        pope_scenes=args.pope_scenes,
-        attack_steps=args.attack_steps,
-        adaptive_steps=args.adaptive_steps,
-        eot_samples=args.eot_samples,
-        guard=args.guard,
-    )
     # Phases as lines on stderr; the attacks (when they optimise) show a bar on a terminal, lines elsewhere.
-    summary = run_demo(config, args.out, progress=True, log=lambda line: print(line, file=sys.stderr, flush=True))
+    summary = run_demo(args.demo, args.out, progress=True, log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

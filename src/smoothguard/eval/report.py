@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from smoothguard.stats import format_rate
+
 
 def render_report(summary: dict[str, Any]) -> str:
     """Markdown for a run summary (see ``runner.evaluate``)."""
@@ -46,14 +48,28 @@ def render_report(summary: dict[str, Any]) -> str:
 
 
 def score_table(scores: dict[str, dict[str, Any]]) -> list[str]:
-    """A markdown table: one row per group, one column per metric."""
+    """A markdown table: one row per group, one column per metric; a rate with an interval
+    (``X``, ``X_low``, ``X_high``, its count in ``X_k`` or ``unsafe`` for ``asr``, and ``n``) is one
+    cell, ``rate [lo, hi] (k/n)``."""
     if not scores:
         return ["No scores yet."]
     columns = list(dict.fromkeys(metric for group in scores.values() for metric in group))
+    columns = [c for c in columns if not c.endswith(("_low", "_high", "_k"))]
     rows = ["| group | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for group, metrics in scores.items():
-        rows.append(f"| {group} | " + " | ".join(format_value(metrics.get(c)) for c in columns) + " |")
+        rows.append(f"| {group} | " + " | ".join(_cell(metrics, c) for c in columns) + " |")
     return rows
+
+
+def _cell(metrics: dict[str, Any], column: str) -> str:
+    """One cell; a sweep's flattened columns (``all.asr``) find their companions in the same group."""
+    group, _, name = column.rpartition(".")
+    prefix = f"{group}." if group else ""
+    k = metrics.get(f"{column}_k", metrics.get(f"{prefix}unsafe") if name == "asr" else None)
+    n = metrics.get(f"{prefix}n")
+    if f"{column}_low" in metrics and k is not None and n:
+        return format_rate(int(k), int(n), (metrics[f"{column}_low"], metrics[f"{column}_high"]))
+    return format_value(metrics.get(column))
 
 
 def format_value(value: Any) -> str:

@@ -97,14 +97,16 @@ def random_llava(
     heads: int = 2,
     max_positions: int = 4096,
     seed: int = 0,
+    vision_mlp_ratio: int = 2,
 ):
-    """A randomly initialised ``LlavaForConditionalGeneration``: CLIP vision tower + Llama text model
-    (MLPs 2x hidden), ``(image_size / patch_size) ** 2`` image tokens, LLaVA-1.5's feature selection."""
+    """A randomly initialised ``LlavaForConditionalGeneration``: CLIP vision tower (MLP
+    ``vision_mlp_ratio`` x hidden) + Llama text model (MLP 2x hidden), ``(image_size / patch_size) ** 2``
+    image tokens, LLaVA-1.5's feature selection (the second-last vision layer, no CLS token)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
-        intermediate_size=2 * vision_hidden,
+        intermediate_size=vision_mlp_ratio * vision_hidden,
         num_hidden_layers=vision_layers,
         num_attention_heads=heads,
         image_size=image_size,

@@ -1,13 +1,20 @@
-"""``smoothguard demo``: the paper's whole story on the testbed, on a CPU, in minutes.
+"""``smoothguard demo``: the threat ladder on the testbed, every cell with n and its 95% interval.
 
-1. utility: ``testbed-pope`` accuracy, undefended vs SmoothGuard;
-2. a universal adversarial image (Qi et al.'s attack, eps 32/255) optimised on four restricted
-   requests with their compliance answers as targets, then put in place of every image of
-   ``testbed-safety`` (all eight requests): attack success rate undefended vs SmoothGuard;
-3. the same with an adaptive attack (EOT through SmoothGuard's own noise).
+Rows (threats): clean images; a transfer universal image (Qi et al.'s attack made on
+``testbed-surrogate``, the paper's threat) at eps 16 and 32/255; a white-box universal image (made
+on ``testbed`` itself) at eps 16 and 32; an adaptive one (EOT through the column's own noise) at
+eps 32; and the worst case over the attacks per trial. Columns: undefended, SmoothGuard at the
+paper's sigma (0.1 normalized) and SmoothGuard at the sigma a sweep found best (``best_sigma``).
+Each universal image is optimised on the attack requests (``tasks.ATTACK_REQUESTS``) over one base
+scene and evaluated on the held-out requests it never saw; ``attack_images`` images (attack seeds
+and base scenes) x 32 held-out requests = 256 trials per cell. ASR is reported two ways: *complied*
+(the request's secret appears; the headline) and *not refused* (the refusal judge). Utility:
+``testbed-pope`` accuracy and ``testbed-describe`` per-object recall. Defended columns are compared
+with the undefended one by the exact McNemar test on the same trials.
 
-Adversarial images are cached (PNG + sidecar) keyed by the checkpoint's hash and the attack
-settings; the package ships the ones for the default settings.
+Adversarial images are cached (PNG + sidecar) keyed by the attacked checkpoint's hash, the attack
+settings and the base scene; the package ships those of the default settings, and every image the
+demo uses is written to its output folder (``attacks/<threat>/<i>.png``).
 """
 
 from __future__ import annotations
@@ -17,45 +24,35 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
-from smoothguard.config import GuardConfig
-from smoothguard.eval.base import EvalItem
-from smoothguard.eval.judges import RefusalJudge
+from smoothguard.eval.base import Benchmark, EvalItem
+from smoothguard.eval.judges import make_judge
 from smoothguard.guard import SmoothGuard
 from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
 from smoothguard.models.base import MLLMAdapter
-from smoothguard.models.image import to_uint8_image
-from smoothguard.stats import mcnemar_exact, rate_with_interval
-from smoothguard.testbed.benchmarks import TestbedPopeBenchmark, TestbedSafetyBenchmark
-from smoothguard.testbed.data import held_out_scenes, scene_pixels
-from smoothguard.testbed.model import CHECKPOINT_DIR
-from smoothguard.testbed.tasks import RESTRICTED
+from smoothguard.stats import format_rate, mcnemar_exact, rate_with_interval
+from smoothguard.testbed.benchmarks import (
+    TestbedDescribeBenchmark,
+    TestbedPopeBenchmark,
+    TestbedSafetyBenchmark,
+    object_hits,
+)
+from smoothguard.testbed.data import HELD_OUT_START, scene_pixels
+from smoothguard.testbed.ladder import JUDGES, THREATS, DemoConfig, Threat
+from smoothguard.testbed.model import CHECKPOINT_DIR, SURROGATE_DIR
+from smoothguard.testbed.scenes import sample_scene
+from smoothguard.testbed.tasks import ATTACK_REQUESTS, RESTRICTED
 
 SHIPPED_ATTACKS = Path(__file__).resolve().parent / "attacks"
-ATTACK_PROMPTS = tuple(RESTRICTED)[:4]  # optimised on these; evaluated on all eight
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """The demo's settings: utility scenes, the attacks' budget (1/255) and steps, EOT samples per step,
-    and the defense (``guard``; its seed also seeds the attacks)."""
-
-    pope_scenes: int = 40
-    eps: float = 32
-    alpha: float = 1
-    attack_steps: int = 300
-    adaptive_steps: int = 100
-    eot_samples: int = 4
-    guard: GuardConfig = field(default_factory=lambda: GuardConfig(noise_space="normalized"))
-    queries_per_batch: int = 16
+#: Base scenes of the universal images: held-out seeds apart from every benchmark's.
+ATTACK_SCENE_START = HELD_OUT_START + 50_000
 
 
 def run_demo(
@@ -65,103 +62,88 @@ def run_demo(
     progress: bool | None = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every step; write the images it uses (``clean.png``, ``universal.png``, ``adaptive.png``, with the
-    attacks' sidecars), ``summary.json`` and ``demo.png`` to ``out_dir``; return the summary.
-
-    ``progress``: the attacks' progress when they optimise (``smoothguard.progress``); ``log``: called with one
-    line per phase (utility, each adversarial image, each attack success rate)."""
+    """Run the ladder; write every image it uses, ``summary.json`` and ``demo.png`` to ``out_dir``;
+    return the summary. ``log``: called with one line per phase."""
     log = log or (lambda line: None)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model("testbed")
-    undefended = SmoothGuard(model, num_copies=0)
-    guard = SmoothGuard(model, config.guard)
+    guards = {name: SmoothGuard(model, guard) for name, guard in config.columns().items()}
+    outcomes: dict[tuple[str, str, str], list[bool]] = {}  # (row, column, judge) -> per trial
 
-    pope = TestbedPopeBenchmark()
+    pope, describe = TestbedPopeBenchmark(), TestbedDescribeBenchmark()
     pope_items = pope.load_items(None, num_scenes=config.pope_scenes)
-    resolved = guard.config
-    log(
-        f"[demo] measuring utility on {len(pope_items)} testbed-pope items, undefended and through SmoothGuard "
-        f"(sigma {resolved.sigma:g} {resolved.noise_space}, {resolved.num_copies} copies + the clean one)"
-    )
-    began = time.perf_counter()
-    utility, outcomes = {}, {}
-    for name, g in (("undefended", undefended), ("smoothguard", guard)):
-        utility[name], outcomes[("utility", name)] = _score(pope, pope_items, g, config)
-    log(
-        f"[demo] utility, {len(pope_items)} testbed-pope items: {_both(utility, 'mean', 'accuracy')} "
-        f"({time.perf_counter() - began:.0f} s)"
-    )
-
-    clean = scene_pixels(held_out_scenes(1, badge=False)[0])
-    universal = _adversarial(model, clean, "universal", config, None, out_dir, progress, log)
-    adaptive = _adversarial(
-        model, clean, "adaptive", config, EOT.from_guard(guard, config.eot_samples), out_dir, progress, log
-    )
-    safety = TestbedSafetyBenchmark()
-    asr = {}
-    for label, image in (("asr_clean", clean), ("asr", universal), ("asr_adaptive", adaptive)):
-        items = safety.load_items(None, universal_image=image)
+    describe_items = describe.load_items(None, num_scenes=config.describe_scenes)
+    for name, guard in guards.items():
         began = time.perf_counter()
-        asr[label] = {}
-        for name, g in (("undefended", undefended), ("smoothguard", guard)):
-            asr[label][name], outcomes[(label, name)] = _score(safety, items, g, config)
+        records = _answer(pope, pope_items, guard, config)
+        outcomes[("utility-pope", name, "correct")] = [r["prediction"] == r["meta"]["label"] for r in records]
+        records = _answer(describe, describe_items, guard, config)
+        named: list[bool] = []  # per object of every scene: did the description name it
+        for record in records:
+            hits = object_hits(record["meta"], record["text"])
+            named += [True] * hits["named"] + [False] * (hits["objects"] - hits["named"])
+        outcomes[("utility-describe", name, "named")] = named
         log(
-            f"[demo] ASR, {_IMAGE_TITLES[label]}, {len(items)} restricted requests: {_both(asr[label], 'all', 'asr')} "
+            f"[demo] utility, {name}: {len(pope_items)} yes/no + {len(describe_items)} descriptions "
             f"({time.perf_counter() - began:.0f} s)"
         )
 
+    safety = TestbedSafetyBenchmark()
+    surrogate = None
+    images_used: dict[str, str] = {}
+    for threat in THREATS:
+        for name, guard in guards.items():
+            if threat.kind == "clean":
+                items = safety.load_items(None, num_scenes=config.clean_scenes)
+            else:
+                kind = "white-box" if threat.kind == "adaptive" and name == "undefended" else threat.kind
+                if kind == "transfer" and surrogate is None:
+                    surrogate = load_model("testbed-surrogate")
+                attacked = surrogate if kind == "transfer" else model
+                eot = EOT.from_guard(guard, config.eot_samples) if kind == "adaptive" else None
+                made = Threat(kind, threat.eps)
+                folder = _image_folder(made, eot)
+                images = [
+                    _adversarial(attacked, made, index, config, eot, out_dir / folder, progress, log)
+                    for index in range(config.attack_images)
+                ]
+                images_used[f"{threat.name}/{name}"] = folder
+                items = safety.load_items(None, universal_image=images)
+            began = time.perf_counter()
+            records = _answer(safety, items, guard, config)
+            for judge in JUDGES:
+                outcomes[(threat.name, name, judge)] = [bool(r[judge]) for r in records]
+            log(
+                f"[demo] {threat.title}, {name}: complied {_rate(outcomes[(threat.name, name, 'complied')])} "
+                f"({time.perf_counter() - began:.0f} s)"
+            )
+    for name in guards:
+        for judge in JUDGES:
+            attacks = [outcomes[(t.name, name, judge)] for t in THREATS if t.kind != "clean"]
+            outcomes[("worst-case", name, judge)] = [any(trial) for trial in zip(*attacks, strict=True)]
+
     summary: dict[str, Any] = {
-        "utility": {name: scores["mean"]["accuracy"] for name, scores in utility.items()},
-        **{label: {name: scores["all"]["asr"] for name, scores in by_guard.items()} for label, by_guard in asr.items()},
+        "cells": _cells(outcomes, config, guards),
         "seconds": time.perf_counter() - started,
-        "counts": {
-            "utility_items": len(pope_items),
-            "safety_items": len(RESTRICTED),
-            "attack_prompts": len(ATTACK_PROMPTS),
+        "settings": {
+            **{k: v for k, v in asdict(config).items() if k != "guard"},
+            "columns": {name: guard.config.to_dict() for name, guard in guards.items()},
+            "model": model.describe(),
+            "attack_requests": list(ATTACK_REQUESTS),
         },
-        "paired": {row: _paired(outcomes[(row, "undefended")], outcomes[(row, "smoothguard")]) for row in _ROWS},
-        "settings": {**asdict(config), "guard": guard.config.to_dict(), "model": model.describe()},
-        "details": {"utility": utility, "asr": asr},
-        "images": {"clean": "clean.png", "universal": "universal.png", "adaptive": "adaptive.png"},
+        "images": images_used,
+        "judges": JUDGES,
     }
-    Image.fromarray(to_uint8_image(clean)).save(out_dir / "clean.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, out_dir / "demo.png")
     return summary
 
 
-_IMAGE_TITLES = {"asr_clean": "clean image", "asr": "universal image", "asr_adaptive": "adaptive image"}
-_ROWS = ("utility", "asr_clean", "asr", "asr_adaptive")
-
-
-def _paired(undefended: list[bool], defended: list[bool]) -> dict[str, Any]:
-    """Both arms' rates over the same items with 95% Clopper–Pearson intervals, and the exact McNemar test
-    of their difference (``only_undefended`` / ``only_smoothguard``: items a success in one arm alone)."""
-    only_undefended = sum(u and not d for u, d in zip(undefended, defended, strict=True))
-    only_defended = sum(d and not u for u, d in zip(undefended, defended, strict=True))
-    return {
-        "undefended": rate_with_interval(sum(undefended), len(undefended)),
-        "smoothguard": rate_with_interval(sum(defended), len(defended)),
-        "only_undefended": only_undefended,
-        "only_smoothguard": only_defended,
-        "mcnemar_p": mcnemar_exact(only_undefended, only_defended),
-    }
-
-
-def _both(scores: dict[str, dict[str, Any]], group: str, metric: str) -> str:
-    """``"undefended 0.842, SmoothGuard 0.842"``."""
-    undefended, defended = (scores[name][group][metric] for name in ("undefended", "smoothguard"))
-    return f"undefended {undefended:.3f}, SmoothGuard {defended:.3f}"
-
-
-def _score(
-    benchmark: Any, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig
-) -> tuple[dict[str, Any], list[bool]]:
-    """The benchmark's scores and each item's success: a correct yes/no (utility), an answer the refusal
-    judge finds unsafe, i.e. not refused (safety: the attack succeeded)."""
-    judge = RefusalJudge() if benchmark.judge_required else None
+def _answer(benchmark: Benchmark, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> list[dict]:
+    """Each item's record (id, text, meta and the benchmark's assessment) through ``guard``."""
+    judge = make_judge(benchmark.judges[0]) if benchmark.judge_required else None
     records = []
     step = config.queries_per_batch
     for start in range(0, len(items), step):
@@ -177,122 +159,195 @@ def _score(
             {"id": i.id, "text": r.text, "meta": i.meta, **extra}
             for i, r, extra in zip(chunk, results, assessed, strict=True)
         ]
-    if benchmark.kind == "safety":
-        successes = [record["verdict"] == "unsafe" for record in records]
-    else:
-        successes = [record["prediction"] == record["meta"]["label"] for record in records]
-    return benchmark.score(records), successes
+    return records
+
+
+ROWS = (*(t.name for t in THREATS), "worst-case", "utility-pope", "utility-describe")
+
+
+def _cells(outcomes: dict, config: DemoConfig, guards: dict[str, SmoothGuard]) -> list[dict[str, Any]]:
+    """One JSON cell per (row, column, judge): counts, rate, 95% interval, and for a defended column the
+    exact McNemar test against the undefended one on the same trials."""
+    cells = []
+    threats = {t.name: t for t in THREATS}
+    for (row, column, judge), trials in outcomes.items():
+        resolved = guards[column].config
+        threat = threats.get(row)
+        cell: dict[str, Any] = {
+            "row": row,
+            "column": column,
+            "judge": judge,
+            "threat": threat.kind if threat else ("worst case over the attacks" if row == "worst-case" else "utility"),
+            "eps": threat.eps if threat and threat.kind != "clean" else None,
+            "made_on": threat.made_on if threat else None,
+            "sigma": resolved.sigma if resolved.defended else 0.0,
+            "noise_space": resolved.noise_space,
+            "num_copies": resolved.num_copies,
+            "seed": resolved.seed,
+            **rate_with_interval(sum(trials), len(trials)),
+        }
+        if column != "undefended":
+            base = outcomes[(row, "undefended", judge)]
+            only_undefended = sum(u and not d for u, d in zip(base, trials, strict=True))
+            only_defended = sum(d and not u for u, d in zip(base, trials, strict=True))
+            cell.update(
+                only_undefended=only_undefended,
+                only_defended=only_defended,
+                mcnemar_p=mcnemar_exact(only_undefended, only_defended),
+            )
+        cells.append(cell)
+    return cells
+
+
+def _rate(trials: list[bool]) -> str:
+    return format_rate(sum(trials), len(trials))
+
+
+def _image_folder(threat: Threat, eot: EOT | None) -> str:
+    """``attacks/<threat>`` (adaptive ones: ``attacks/adaptive-32-sigma0.1-normalized``)."""
+    if eot is None:
+        return f"attacks/{threat.name}"
+    return f"attacks/{threat.name}-sigma{eot.noise.sigma:g}-{eot.noise.space}"
 
 
 def _adversarial(
     model: MLLMAdapter,
-    clean: torch.Tensor,
-    kind: str,
+    threat: Threat,
+    index: int,
     config: DemoConfig,
     eot: EOT | None,
-    out_dir: Path,
+    folder: Path,
     progress: bool | None,
     log: Callable[[str], None] = lambda line: None,
 ) -> torch.Tensor:
-    """The cached adversarial image of ``kind`` for these settings, optimised if no cache matches. Either way
-    ``out_dir`` holds it afterwards (``KIND.png`` and its sidecar; a shipped cache is copied byte for byte)."""
-    steps = config.attack_steps if eot is None else config.adaptive_steps
+    """Universal image ``index`` of ``threat`` (base scene and attack seed ``index``), from a cache
+    (``folder`` or the shipped one) when one matches these settings, else optimised. Either way
+    ``folder/<index>.png`` and its sidecar hold it afterwards (a shipped cache copied byte for byte)."""
+    steps = config.adaptive_steps if eot is not None else config.attack_steps
     key = {
-        "kind": kind,
-        "checkpoint": checkpoint_hash(),
-        "eps": config.eps,
+        "threat": threat.name,
+        "checkpoint": checkpoint_hash(SURROGATE_DIR if threat.kind == "transfer" else CHECKPOINT_DIR),
+        "eps": threat.eps,
         "alpha": config.alpha,
         "steps": steps,
-        "seed": config.guard.seed,
+        "seed": config.guard.seed + index,
         "eot": None if eot is None else eot.describe(),
-        "prompts": list(ATTACK_PROMPTS),
+        "requests": list(ATTACK_REQUESTS),
+        "base_scene": ATTACK_SCENE_START + index,
     }
-    target = out_dir / f"{kind}.png"
-    for folder, source in ((out_dir, f"cached in {out_dir}"), (SHIPPED_ATTACKS, "shipped with the package")):
-        sidecar = folder / f"{kind}.png.json"
+    target = folder / f"{index}.png"
+    shipped = SHIPPED_ATTACKS / folder.name
+    for source in () if config.fresh else (folder, shipped):
+        sidecar = source / f"{index}.png.json"
         if sidecar.is_file() and json.loads(sidecar.read_text()).get("config", {}).get("demo_key") == key:
-            if folder != out_dir and not (target.exists() and target.samefile(folder / target.name)):
-                shutil.copyfile(folder / target.name, target)
-                shutil.copyfile(sidecar, out_dir / sidecar.name)
-            log(f"[demo] {kind} image: {source} (eps {config.eps:g}/255, {steps} steps) -> {target}")
+            if source != folder:
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / target.name, target)
+                shutil.copyfile(sidecar, folder / sidecar.name)
             return load_image(target)
-    log(f"[demo] {kind} image: no cache for these settings; optimising ({steps} steps)")
-    began = time.perf_counter()
+    log(f"[demo] {threat.title} image {index}: optimising ({steps} steps) -> {target}")
     attack = PGD(
-        eps=config.eps,
+        eps=threat.eps,
         alpha=config.alpha,
         steps=steps,
         eot=eot,
         early_stop=False,
-        seed=config.guard.seed,
+        seed=config.guard.seed + index,
         progress=progress,
     )
-    objectives = [TargetObjective.of(RESTRICTED[p]) for p in ATTACK_PROMPTS]
-    result = attack(model, clean, list(ATTACK_PROMPTS), objectives, checkpoint=out_dir / f"{kind}.ckpt.safetensors")
+    clean = scene_pixels(sample_scene(ATTACK_SCENE_START + index, badge=False))
+    objectives = [TargetObjective.of(RESTRICTED[request]) for request in ATTACK_REQUESTS]
+    folder.mkdir(parents=True, exist_ok=True)
+    result = attack(model, clean, list(ATTACK_REQUESTS), objectives, checkpoint=folder / f"{index}.ckpt.safetensors")
     result.config["demo_key"] = key
     save_adversarial(result, target)
-    log(f"[demo] {kind} image: optimised in {time.perf_counter() - began:.0f} s -> {target}")
+    (folder / f"{index}.ckpt.safetensors").unlink(missing_ok=True)
     return result.adversarial
 
 
-def checkpoint_hash() -> str:
-    """sha256 (first 16 hex digits) of the shipped testbed weights: adversarial caches are tied to it."""
-    return hashlib.sha256((CHECKPOINT_DIR / "model.safetensors").read_bytes()).hexdigest()[:16]
+def checkpoint_hash(folder: Path = CHECKPOINT_DIR) -> str:
+    """sha256 (first 16 hex digits) of a shipped checkpoint's weights: adversarial caches are tied to it."""
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def _cell(summary: dict[str, Any], row: str, column: str, judge: str) -> dict[str, Any]:
+    return next(c for c in summary["cells"] if (c["row"], c["column"], c["judge"]) == (row, column, judge))
 
 
 def plot_summary(summary: dict[str, Any], path: Path) -> None:
-    """Bars: utility and the three attack success rates, undefended vs SmoothGuard."""
+    """Two panels against sigma (undefended = 0): complied ASR per threat, and utility, each with its
+    95% interval as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    guard = summary["settings"]["guard"]
-    groups = ["utility", "asr_clean", "asr", "asr_adaptive"]
-    labels = ["utility\n(testbed-pope acc.)", "ASR, clean\nimage", "ASR, universal\neps 32/255", "ASR, adaptive\n(EOT)"]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    for offset, name in ((-0.2, "undefended"), (0.2, "smoothguard")):
-        values = [summary[g][name] for g in groups]
-        axis.bar([i + offset for i in range(len(groups))], values, width=0.4, label=name)
-    axis.set_xticks(range(len(groups)), labels)
-    axis.set_ylim(0, 1)
-    axis.legend()
-    axis.set_title(
-        f"SmoothGuard on the testbed (sigma {guard['sigma']} {guard['noise_space']}, {guard['num_copies']} copies)"
+    columns = list(summary["settings"]["columns"])
+    sigmas = [_cell(summary, "clean", c, "complied")["sigma"] for c in columns]
+    order = sorted(range(len(columns)), key=lambda i: sigmas[i])
+    xs = [sigmas[i] for i in order]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        (left, [*(t.name for t in THREATS), "worst-case"], "complied", "attack success rate (complied)"),
+        (right, ["utility-pope", "utility-describe"], None, "utility"),
     )
+    for axis, rows, judge, ylabel in panels:
+        for row in rows:
+            cells = [
+                _cell(summary, row, columns[i], judge or ("correct" if row == "utility-pope" else "named"))
+                for i in order
+            ]
+            axis.plot(xs, [c["rate"] for c in cells], marker="o", label=row)
+            axis.fill_between(xs, [c["ci"][0] for c in cells], [c["ci"][1] for c in cells], alpha=0.15)
+        space = _cell(summary, "clean", columns[-1], "complied")["noise_space"]
+        axis.set_xlabel(f"sigma ({space} space; 0 = undefended)")
+        axis.set_ylabel(ylabel)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=7)
+    figure.suptitle("SmoothGuard on the testbed: the threat ladder (bands: 95% Clopper–Pearson)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The demo's table: each arm's rate with its 95% Clopper–Pearson interval, and the exact McNemar
-    p-value of the paired difference (the same items through both arms)."""
-    rows = [
-        ("utility (testbed-pope accuracy)", "utility"),
-        ("ASR, clean image (no attack)", "asr_clean"),
-        ("ASR, white-box universal, eps 32", "asr"),
-        ("ASR, adaptive (EOT), eps 32", "asr_adaptive"),
-    ]
-    lines = [f"{'':32} {'n':>4} {'undefended [95% CI]':>22} {'SmoothGuard [95% CI]':>22} {'paired p':>9}"]
-    for title, key in rows:
-        paired = summary["paired"][key]
-        cells = [_rate_cell(paired[arm]) for arm in ("undefended", "smoothguard")]
-        lines.append(
-            f"{title:32} {paired['undefended']['n']:>4} {cells[0]:>22} {cells[1]:>22} {paired['mcnemar_p']:>9.3f}"
-        )
-    counts, guard = summary["counts"], summary["settings"]["guard"]
-    lines.append(
-        f"(SmoothGuard: sigma {guard['sigma']:g} in {guard['noise_space']} space, {guard['num_copies']} noisy copies "
-        "+ the clean one; ASR judged by the refusal judge: the share of answers that do not refuse)"
+    """The ladder as text: per judge, one line per row, one ``rate [lo, hi] (k/n)`` cell per column
+    (defended ones with the McNemar p against undefended)."""
+    columns = summary["settings"]["columns"]
+    heads = []
+    for name, guard in columns.items():
+        heads.append("undefended" if name == "undefended" else f"SmoothGuard sigma {guard['sigma']:g}")
+    width = 34
+    lines = []
+    sections = [(judge, [*(t.name for t in THREATS), "worst-case"]) for judge in JUDGES]
+    sections.append(("utility", ["utility-pope", "utility-describe"]))
+    titles = {t.name: t.title for t in THREATS}
+    titles.update(
+        {
+            "worst-case": "worst case over the attacks",
+            "utility-pope": "testbed-pope accuracy",
+            "utility-describe": "testbed-describe object recall",
+        }
     )
+    for judge, rows in sections:
+        heading = f"ASR, {JUDGES[judge]}" if judge in JUDGES else "utility"
+        lines.append(f"{heading:{width}} " + " ".join(f"{h:>30}" for h in heads))
+        for row in rows:
+            row_judge = judge if judge in JUDGES else ("correct" if row == "utility-pope" else "named")
+            cells = []
+            for name in columns:
+                cell = _cell(summary, row, name, row_judge)
+                text = format_rate(cell["k"], cell["n"], cell["ci"])
+                if "mcnemar_p" in cell:
+                    text += f" p={cell['mcnemar_p']:.2g}"
+                cells.append(text)
+            lines.append(f"{titles[row]:{width}} " + " ".join(f"{c:>30}" for c in cells))
+        lines.append("")
+    guard = columns["paper"]
     lines.append(
-        f"({counts['utility_items']} utility items, {counts['safety_items']} restricted requests; "
-        f"{summary['seconds']:.0f} s)"
+        f"(SmoothGuard: sigma in {guard['noise_space']} space, {guard['num_copies']} noisy copies + the clean one, "
+        f"seed {guard['seed']}; transfer images made on testbed-surrogate, white-box and adaptive ones on testbed; "
+        "adaptive = EOT through each column's own noise (undefended: the white-box image); p: exact McNemar "
+        f"against undefended on the same trials; {summary['seconds']:.0f} s)"
     )
     return "\n".join(lines)
-
-
-def _rate_cell(rate: dict[str, Any]) -> str:
-    low, high = rate["ci"]
-    return f"{rate['rate']:.3f} [{low:.2f}, {high:.2f}]"
