@@ -93,7 +93,9 @@ def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[a
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     judge = parser.add_argument_group("judge")
-    judge.add_argument("--judge", help="refusal | guard-model | openai (default: the benchmark's; mm-safety: refusal)")
+    judge.add_argument(
+        "--judge", help="refusal | complied | guard-model | openai (default: the benchmark's; mm-safety: refusal)"
+    )
     judge.add_argument("--judge-model", help="guard-model: the model folder; openai: the endpoint's model name")
     judge.add_argument("--judge-url", help="openai: API base URL, e.g. https://api.openai.com/v1")
     judge.add_argument(
