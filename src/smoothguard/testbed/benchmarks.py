@@ -40,6 +40,7 @@ from smoothguard.testbed.tasks import (
 )
 
 REQUEST_SETS = {"held-out": HELD_OUT_REQUESTS, "attack": ATTACK_REQUESTS, "all": tuple(RESTRICTED)}
+RESTRICTED_INDEX = {request: number for number, request in enumerate(RESTRICTED)}
 _FAMILY = {request: number for number, requests in enumerate(FAMILIES.values()) for request in requests}
 
 
@@ -203,9 +204,6 @@ class TestbedSafetyBenchmark(Benchmark):
                 low, high = clopper_pearson_interval(k, len(chosen))
                 values.update({metric: k / len(chosen), f"{metric}_low": low, f"{metric}_high": high, f"{metric}_k": k})
         return scores
-
-
-RESTRICTED_INDEX = {request: number for number, request in enumerate(RESTRICTED)}
 
 
 def _images(universal_image: Any) -> list[Any] | None:

@@ -249,7 +249,7 @@ def _optimizer(model, heads: VisionHeads, config: TrainConfig, *, vision: bool) 
     tower at ``tower_lr``."""
     tower = model.model.vision_tower
     if vision:
-        groups = [{"params": [p for p in tower.parameters()] + list(heads.parameters()), "scale": 1.0}]
+        groups = [{"params": [*tower.parameters(), *heads.parameters()], "scale": 1.0}]
     else:
         tower_ids = {id(p) for p in tower.parameters()}
         rest = [p for p in model.parameters() if id(p) not in tower_ids]
