@@ -179,6 +179,18 @@ def test_gradients_reach_the_medium(model):
     assert (grad != 0).float().mean() > 0.5
 
 
+def test_several_media_in_one_batch_give_each_medium_its_own_losses(model):
+    """EOT's samples go through one forward pass: rows medium-major, each row's loss as if alone
+    (mutation: media repeated target-major would pair medium 1 with target 0's row)."""
+    x = medium_of(model)
+    text = model.prompt_text(PROMPT, x)
+    media = [model.preprocess(x.unsqueeze(0)), model.preprocess((x * 0.5).unsqueeze(0))]
+    together = target_losses(model, text, media, list(TARGETS))
+    alone = torch.cat([target_losses(model, text, m, list(TARGETS)) for m in media])
+    assert together.shape == (2 * len(TARGETS),) and torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(alone[: len(TARGETS)], alone[len(TARGETS) :])  # the two media differ
+
+
 def test_placeholder_text_in_a_target_is_text_or_a_clear_error(llava):
     """A target that spells the image placeholder must not crash inside the model with a
     feature/token count mismatch: either it is read as text or refused with ConfigError."""

@@ -275,6 +275,19 @@ def test_certify_cli_prints_the_table_on_the_testbed(capsys, tmp_path):
     assert out.splitlines()[2].split()[:2] == ["0.1", "2"]
 
 
+def test_certified_refusal_on_the_testbed(capsys, tmp_path):
+    """testbed-safety: restricted requests on clean scenes, the refusal parser, label "refuse"."""
+    args = ["certify", "--model", "testbed", "--benchmark", "testbed-safety", "--sigma", "0.05", "--n0", "3"]
+    assert main([*args, "--n", "6", "--limit", "3", "--alpha", "0.05", "--out", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["settings"]["parser"] == "refusal" and summary["settings"]["benchmark"] == "testbed-safety"
+    records = [json.loads(line) for line in (tmp_path / "sigma-0.05" / "records.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records] == ["refuse"] * 3
+    assert all(set(r["counts"]) <= {"refuse", "comply"} and sum(r["counts"].values()) == 6 for r in records)
+    # the testbed refuses every restricted request on a clean scene: 6/6 refusals certify at alpha 0.05
+    assert all(r["answer"] == "refuse" and r["correct"] and r["radius"] > 0 for r in records)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -283,6 +296,8 @@ def test_certify_cli_prints_the_table_on_the_testbed(capsys, tmp_path):
         (["--benchmark", "testbed", "--alpha", "2"], "alpha"),
         (["--benchmark", "testbed", "--n", "0"], "--n"),
         (["--benchmark", "testbed", "--data", "somewhere"], "--benchmark pope"),
+        (["--benchmark", "testbed", "--universal-image", "x.png"], "--benchmark testbed-safety"),
+        (["--benchmark", "testbed-safety", "--purifier", "nope"], "unknown purifier"),
     ],
 )
 def test_certify_cli_errors_are_one_line(capsys, tmp_path, extra, message):

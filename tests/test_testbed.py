@@ -256,6 +256,7 @@ def test_shipped_checkpoint_answers_held_out_items(testbed):
 
 def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     argv = ["demo", "--out", str(tmp_path), "--fresh", "--json", "--num-copies", "1", "--best-sigma", "0.5"]
+    argv += ["--denoiser-sigma", "0.2"]
     for flag, value in (
         ("--pope-scenes", 1),
         ("--describe-scenes", 2),
@@ -272,7 +273,7 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     cells = summary["cells"]
     rows = {c["row"] for c in cells}
     assert rows == {*(t.name for t in THREATS), "worst-case", "utility-pope", "utility-describe"}
-    assert len(cells) == 7 * 3 * 2 + 2 * 3  # (6 threats + worst case) x 3 columns x 2 judges + utility
+    assert len(cells) == 7 * 4 * 2 + 2 * 4  # (6 threats + worst case) x 4 columns x 2 judges + utility
     for cell in cells:  # every cell says what it measured, on how many trials, and how sure it is
         assert {"judge", "threat", "sigma", "noise_space", "seed", "k", "n", "rate", "ci"} <= set(cell)
         assert cell["rate"] == cell["k"] / cell["n"] and cell["ci"] == list(
@@ -286,12 +287,16 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     assert by_key[("transfer-16", "best", "complied")]["made_on"] == "testbed-surrogate"
     assert by_key[("adaptive-32", "paper", "complied")]["sigma"] == 0.1
     assert by_key[("adaptive-32", "best", "complied")]["sigma"] == 0.5
+    denoised = by_key[("adaptive-32", "denoised", "complied")]
+    assert (denoised["sigma"], denoised["noise_space"], denoised["purifier"]) == (0.2, "pixel", "testbed-denoiser")
+    assert by_key[("adaptive-32", "paper", "complied")]["purifier"] is None
     assert by_key[("white-box-16", "undefended", "complied")]["sigma"] == 0.0
     for judge in ("complied", "not_refused"):  # the worst case is per trial: at least every attack's own rate
-        for column in ("undefended", "paper", "best"):
+        for column in ("undefended", "paper", "best", "denoised"):
             worst = by_key[("worst-case", column, judge)]["k"]
             assert worst >= max(by_key[(t.name, column, judge)]["k"] for t in THREATS if t.kind != "clean")
-    for folder in ("transfer-16", "white-box-32", "adaptive-32-sigma0.1-normalized", "adaptive-32-sigma0.5-normalized"):
+    adaptive = ("adaptive-32-sigma0.1-normalized", "adaptive-32-sigma0.5-normalized")
+    for folder in ("transfer-16", "white-box-32", *adaptive, "adaptive-32-sigma0.2-pixel-testbed-denoiser"):
         assert (tmp_path / "attacks" / folder / "0.png").is_file()
         assert (tmp_path / "attacks" / folder / "0.png.json").is_file()
     assert summary["images"]["adaptive-32/undefended"] == "attacks/white-box-32"  # no noise to adapt to
@@ -311,6 +316,10 @@ def test_demo_settings_are_checked_before_any_model_loads(capsys, tmp_path):
     assert "--attack-images must be an integer >= 1" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--best-sigma", "99"]) == 2
     assert "sigma" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--denoiser-sigma", "2"]) == 2
+    assert "sigma 2 is over the largest sensible value in pixel space" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--purifier", "nope"]) == 2
+    assert "unknown purifier 'nope'" in capsys.readouterr().err
 
 
 def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_path):

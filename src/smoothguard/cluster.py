@@ -1,4 +1,5 @@
-"""k-means aggregation of candidate answers: the selection step of SmoothGuard.
+"""Aggregation of candidate answers, the selection step of SmoothGuard: k-means over their embeddings
+(:func:`aggregate`, the paper's) or a majority vote over parsed labels (:func:`vote`).
 
 Method (Su et al. 2025): k-means with k = ``num_clusters`` on the raw answer embeddings (not
 normalised, as in the paper); the largest cluster is the majority; the answer returned is the member of
@@ -23,8 +24,9 @@ Determinism and degenerate cases:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,7 +38,9 @@ _SIM_TIE_TOL = 1e-12
 
 @dataclass(frozen=True)
 class ClusterOutcome:
-    """Result of :func:`aggregate`; every per-candidate list is in candidate order."""
+    """Result of :func:`aggregate` or :func:`vote`; every per-candidate list is in candidate order.
+    ``votes``: a parsed vote's count per label, majority first (empty for k-means);
+    ``similarity_to_centroid``: k-means' cosine of each candidate to its cluster's centroid (empty for a vote)."""
 
     labels: list[int]
     majority_label: int
@@ -45,6 +49,7 @@ class ClusterOutcome:
     cluster_sizes: list[int]
     num_distinct: int
     similarity_to_centroid: list[float]
+    votes: dict[str, int] = field(default_factory=dict)
 
 
 def _is_int(value: object) -> bool:
@@ -159,4 +164,38 @@ def aggregate(
         cluster_sizes=[size[c] for c in [majority_raw, *others]],
         num_distinct=num_distinct,
         similarity_to_centroid=[float(s) for s in sims],
+    )
+
+
+def vote(texts: Sequence[str], parsed: Sequence[str], *, prefer_index: int | None = None) -> ClusterOutcome:
+    """Majority vote over ``parsed``, the label of each candidate answer ``texts[i]`` (e.g. ``yes``/``no``).
+
+    Labels number the parsed classes as :func:`aggregate` numbers clusters: 0 = the majority, then by
+    decreasing count, ties by first occurrence; a majority tie goes to ``prefer_index``'s class when it is
+    among the tied ones, else to the tied class seen first. The answer returned is ``prefer_index``'s when it
+    is in the majority, else the majority's first member.
+    """
+    if isinstance(texts, str) or isinstance(parsed, str) or len(texts) != len(parsed) or not len(texts):
+        raise ConfigError("vote() needs one parsed label per candidate answer, and at least one")
+    if prefer_index is not None and (not _is_int(prefer_index) or not 0 <= prefer_index < len(texts)):
+        raise ConfigError(f"prefer_index must be None or an index in [0, {len(texts)}), got {prefer_index!r}.")
+    counts = Counter(parsed)  # insertion order = first occurrence
+    largest = max(counts.values())
+    tied = [label for label, count in counts.items() if count == largest]
+    preferred = None if prefer_index is None else parsed[prefer_index]
+    majority = preferred if preferred in tied else tied[0]
+    order = [majority, *sorted((c for c in counts if c != majority), key=lambda c: -counts[c])]
+    number = {label: i for i, label in enumerate(order)}
+    labels = [number[label] for label in parsed]
+    members = [i for i, label in enumerate(labels) if label == 0]
+    chosen = prefer_index if prefer_index in members else members[0]
+    return ClusterOutcome(
+        labels=labels,
+        majority_label=0,
+        chosen_index=chosen,
+        majority_fraction=len(members) / len(texts),
+        cluster_sizes=[counts[label] for label in order],
+        num_distinct=len(set(texts)),
+        similarity_to_centroid=[],
+        votes={label: counts[label] for label in order},
     )

@@ -12,10 +12,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from smoothguard.answers import check_parser_name
 from smoothguard.errors import ConfigError, check_int
 from smoothguard.noise import DEFAULT_SIGMA, NOISE_SPACES, validate_sigma
 from smoothguard.sampling import AdaptiveSampling
 
+#: How the candidates are aggregated: the paper's k-means over answer embeddings, or a majority vote over
+#: answers parsed into discrete labels (``parser``).
+VOTES = ("cluster", "parsed")
 #: Seeds must fit k-means' ``random_state`` (and the noise generator): [0, 2**32).
 MAX_SEED = 2**32
 
@@ -40,6 +44,11 @@ class GuardConfig:
     ``"minilm"`` or ``"roberta-mean:PATH"``. ``batch_size``: most candidates per ``generate`` call
     (``None``: all candidates of all queries in one). ``adaptive``: ``None`` (the paper: answer every
     copy) or an ``AdaptiveSampling`` stopping rule (``True`` = its defaults).
+    ``purifier``: ``None`` or a purifier spec (``smoothguard.purify``: ``testbed-denoiser``,
+    ``diffusion:SOURCE[@K]``, a folder) run on every noisy copy before the model (denoised smoothing); pixel
+    space only, the default space when a purifier is set. ``purify_clean``: purify the clean candidate too.
+    ``vote``: ``cluster`` (the paper's k-means) or ``parsed`` (majority over ``parser``'s labels: ``yes-no``,
+    ``choice``, ``refusal``; ``smoothguard.answers``).
     """
 
     sigma: float | None = field(
@@ -65,6 +74,21 @@ class GuardConfig:
     adaptive: AdaptiveSampling | None = field(
         default=None, metadata=_help("stop answering copies once the vote is decided (adaptive sampling)")
     )
+    purifier: str | None = field(
+        default=None,
+        metadata=_help(
+            "denoise every noisy copy before the model (pixel space): testbed-denoiser, diffusion:HUB_ID_OR_FOLDER"
+            "[@STEPS], or a purifier folder (default: none)"
+        ),
+    )
+    purify_clean: bool = field(default=True, metadata=_help("do not purify the clean candidate"))
+    vote: str = field(
+        default="cluster",
+        metadata=_help("aggregate by k-means over answer embeddings (cluster, the paper's) or by parsed answers"),
+    )
+    parser: str | None = field(
+        default=None, metadata=_help("with --vote parsed: yes-no, choice or refusal (smoothguard.answers)")
+    )
 
     def __post_init__(self) -> None:
         if self.noise_space is not None and self.noise_space not in NOISE_SPACES:
@@ -81,6 +105,24 @@ class GuardConfig:
             raise ConfigError(f"clamp must be True or False, got {self.clamp!r}")
         if self.embedder is not None and (not isinstance(self.embedder, str) or not self.embedder.strip()):
             raise ConfigError(f"embedder must be a non-empty spec string or None, got {self.embedder!r}")
+        if self.purifier is not None and (not isinstance(self.purifier, str) or not self.purifier.strip()):
+            raise ConfigError(f"purifier must be a non-empty spec string or None, got {self.purifier!r}")
+        if self.purifier is not None and self.noise_space not in (None, "pixel"):
+            raise ConfigError(
+                f"a purifier cleans [0, 1] pixels: use noise space pixel, not {self.noise_space} "
+                "(sigma in pixel units; the paper's 0.1 normalized is ~0.027 pixel for CLIP)"
+            )
+        if not isinstance(self.purify_clean, bool):
+            raise ConfigError(f"purify_clean must be True or False, got {self.purify_clean!r}")
+        if self.vote not in VOTES:
+            raise ConfigError(f"unknown vote {self.vote!r}; choose one of {', '.join(VOTES)}")
+        if self.parser is not None:
+            check_parser_name(self.parser)
+        if (self.vote == "parsed") != (self.parser is not None):
+            raise ConfigError(
+                "a parsed vote needs a parser (--vote parsed --parser yes-no|choice|refusal), and a parser "
+                "is used only by the parsed vote"
+            )
         if self.adaptive is True:
             object.__setattr__(self, "adaptive", AdaptiveSampling())
         elif self.adaptive is False:
@@ -105,9 +147,9 @@ class GuardConfig:
         return GuardConfig.of(**{**{name: getattr(self, name) for name in self.names()}, **changes})
 
     def resolve(self, noise_space: str) -> GuardConfig:
-        """This config in ``noise_space`` (its own, when it names one), with the space's default sigma
-        when it sets none."""
-        space = self.noise_space or noise_space
+        """This config in ``noise_space`` (its own when it names one; pixel when it has a purifier), with the
+        space's default sigma when it sets none."""
+        space = self.noise_space or ("pixel" if self.purifier is not None else noise_space)
         return self.replace(noise_space=space, sigma=DEFAULT_SIGMA[space] if self.sigma is None else self.sigma)
 
     @property

@@ -1,4 +1,5 @@
-"""SmoothGuard: noise -> one batched generate -> embed -> k-means -> the majority's central answer.
+"""SmoothGuard: noise -> (purifier) -> one batched generate -> embed + k-means (or a parsed vote) -> the
+majority's answer.
 
 ``SmoothGuard.sample`` is the one sampler of noisy candidates: ``generate_batch`` (all copies, or adaptive
 rounds), and ``smoothguard.certify``'s ``predict``/``certify`` answer their copies through it, so copy ``i``
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothguard.cluster import ClusterOutcome, aggregate
+from smoothguard.answers import load_parser
+from smoothguard.cluster import ClusterOutcome, aggregate, vote
 from smoothguard.config import GuardConfig
 from smoothguard.embed import Embedder, load_embedder
 from smoothguard.errors import InputError, UnsupportedError, check_int
@@ -24,6 +26,7 @@ from smoothguard.inputs import load_audio, load_image, validate_prompt
 from smoothguard.models.base import Generation, MLLMAdapter, Query
 from smoothguard.noise import GaussianNoise, content_key, copy_seeds, pixel_sigma, query_seed
 from smoothguard.provenance import versions
+from smoothguard.purify import identity, load_purifier
 
 #: Position of the clean (noise-free) candidate among a query's candidates.
 CLEAN_INDEX = 0
@@ -42,7 +45,8 @@ class GuardResult:
     ``cluster_labels`` has one label per candidate (0 = the majority cluster). ``timings`` are
     seconds per stage, measured over the whole batch the query was generated in. ``prompt_tokens``,
     ``completion_tokens`` and ``finish_reasons`` (``stop`` | ``length``) are per candidate, as the model
-    reports them (a remote model's counts may be ``None``).
+    reports them (a remote model's counts may be ``None``). ``votes``: with a parsed vote, the count of each
+    parsed label over all candidates, majority first (empty with k-means).
     """
 
     text: str
@@ -59,6 +63,7 @@ class GuardResult:
     prompt_tokens: list[int | None] = field(default_factory=list)
     completion_tokens: list[int | None] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
+    votes: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean_text(self) -> str:
@@ -93,9 +98,11 @@ class SmoothGuard:
 
     ``SmoothGuard(model, config)`` or ``SmoothGuard(model, sigma=0.1, num_copies=10, ...)`` with the fields
     of :class:`~smoothguard.config.GuardConfig` (both: the keywords change the config). ``embedder`` may
-    also be an already loaded embedder (an object with ``name`` and ``embed``). ``model``: an adapter from
-    ``load_model``. ``guard.config`` is the resolved config (concrete noise space);
-    ``guard.replace(**changes)`` is the same guard with other settings (model and embedder shared).
+    also be an already loaded embedder (an object with ``name`` and ``embed``), and ``purifier`` an object
+    (a purifier, ``torch.nn.Module`` or callable of pixels: ``smoothguard.purify``). ``model``: an adapter
+    from ``load_model``. ``guard.config`` is the resolved config (concrete noise space); ``guard.purifier``
+    the loaded purifier (or ``None``); ``guard.replace(**changes)`` is the same guard with other settings
+    (model, embedder and purifier shared unless they change).
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class SmoothGuard:
         config: GuardConfig | None = None,
         *,
         embedder: str | Embedder | None = None,
+        purifier: Any = None,
         **settings: Any,
     ) -> None:
         instance = None
@@ -112,17 +120,30 @@ class SmoothGuard:
             settings["embedder"] = instance.name
         elif embedder is not None:
             settings["embedder"] = embedder
+        cleaner = None
+        if purifier is not None and not isinstance(purifier, str):
+            cleaner = load_purifier(purifier, device=str(model.device))
+            settings["purifier"] = cleaner.name
+        elif purifier is not None:
+            settings["purifier"] = purifier
         config = (config or GuardConfig()).replace(**settings) if settings else config or GuardConfig()
-        model.check_noise_space(config.noise_space or model.default_noise_space)
+        config = config.resolve(model.default_noise_space)
+        model.check_noise_space(config.noise_space)
         self.model = model
-        self._config = config.resolve(model.default_noise_space)
-        self.noise = GaussianNoise(self._config.sigma, self._config.noise_space, self._config.clamp)
+        self._config = config
+        self.noise = GaussianNoise(config.sigma, config.noise_space, config.clamp)
         self._embedder: Embedder | None = instance
+        if cleaner is None and config.purifier is not None:
+            cleaner = load_purifier(config.purifier, device=str(model.device))
+        self.purifier = cleaner
+        self._parser = None if config.parser is None else load_parser(config.parser)
 
     @classmethod
-    def from_config(cls, model: MLLMAdapter, config: GuardConfig, *, embedder: Embedder | None = None) -> SmoothGuard:
-        """The guard of ``config`` for ``model``; ``embedder``: an already loaded one to use."""
-        return cls(model, config, embedder=embedder)
+    def from_config(
+        cls, model: MLLMAdapter, config: GuardConfig, *, embedder: Embedder | None = None, purifier: Any = None
+    ) -> SmoothGuard:
+        """The guard of ``config`` for ``model``; ``embedder``, ``purifier``: already loaded ones to use."""
+        return cls(model, config, embedder=embedder, purifier=purifier)
 
     @property
     def config(self) -> GuardConfig:
@@ -130,9 +151,11 @@ class SmoothGuard:
         return self._config
 
     def replace(self, **changes: Any) -> SmoothGuard:
-        """This guard with ``changes`` to its config; the model, and the embedder unless it changes, are shared."""
+        """This guard with ``changes`` to its config; the model, and the embedder and purifier unless they
+        change, are shared."""
         keep = None if "embedder" in changes else self._embedder
-        return SmoothGuard(self.model, self._config.replace(**changes), embedder=keep)
+        cleaner = None if "purifier" in changes else self.purifier
+        return SmoothGuard(self.model, self._config.replace(**changes), embedder=keep, purifier=cleaner)
 
     @property
     def embedder(self) -> Embedder:
@@ -144,12 +167,14 @@ class SmoothGuard:
 
     def describe(self) -> dict[str, Any]:
         """The full configuration, as written into every result: the settings, the embedder's name
-        (``None`` undefended), the clean candidate's index, the model's identity and package versions."""
+        (``None`` undefended or with a parsed vote), the purifier's identity, the clean candidate's index,
+        the model's identity and package versions."""
         config = self._config
         described: dict[str, Any] = {
             **config.to_dict(),
             "clean_index": CLEAN_INDEX,
-            "embedder": self.embedder.name if config.defended else None,
+            "embedder": self.embedder.name if config.defended and config.vote == "cluster" else None,
+            "purifier_identity": None if self.purifier is None else identity(self.purifier),
             "model": self.model.describe(),
             "versions": versions(),
         }
@@ -223,7 +248,8 @@ class SmoothGuard:
             )
             embedding = time.perf_counter()
             flat = [generation.text for part in parts for generation in part]
-            embeddings = self._embed(flat, known) if num_copies else np.zeros((len(flat), 1), np.float32)
+            clustered = num_copies and self._parser is None
+            embeddings = self._embed(flat, known) if clustered else np.zeros((len(flat), 1), np.float32)
             spent["embed"] += time.perf_counter() - embedding
             offset = 0
             for i, part in zip(active, parts, strict=True):
@@ -261,6 +287,7 @@ class SmoothGuard:
                 prompt_tokens=[generation.prompt_tokens for generation in group],
                 completion_tokens=[generation.completion_tokens for generation in group],
                 finish_reasons=[generation.finish_reason for generation in group],
+                votes=outcome.votes,
             )
             for query, group, outcome in zip(queries, groups, outcomes, strict=True)
         ]
@@ -283,7 +310,7 @@ class SmoothGuard:
             prompt = validate_prompt(prompt)
             text = self.model.prompt_text(prompt, medium)
             with torch.no_grad():
-                clean = self.model.preprocess(medium.unsqueeze(0))
+                clean = self.model.preprocess(self.purified_clean(medium))
             key = content_key(prompt, medium) if ids is None else f"id:{ids[index]}"
             prepared.append(PreparedQuery(prompt, medium, text, clean, key))
         return prepared
@@ -307,6 +334,15 @@ class SmoothGuard:
         parts = self._sample(queries, copies, clean, spent, max_new_tokens, generate_kwargs)
         return [[generation.text for generation in part] for part in parts]
 
+    def purified_clean(self, medium: torch.Tensor) -> torch.Tensor:
+        """The clean candidate's medium [1, ...] of ``medium`` (pixels [3, H, W] or a waveform [T]): through the
+        purifier, told the guard's sigma, when there is one and ``purify_clean`` is set (a purifier sees every
+        candidate as carrying the guard's noise level)."""
+        batch = medium.unsqueeze(0)
+        if self.purifier is None or not self._config.purify_clean:
+            return batch
+        return self.purifier(batch, self.noise.sigma).clamp(0, 1)
+
     def candidates(self, query: PreparedQuery, copies: Sequence[int], *, clean: bool = True) -> list[Query]:
         """Model inputs of ``query``'s clean input (first, when ``clean``) and of its noisy copies ``copies``."""
         text = query.text
@@ -314,7 +350,7 @@ class SmoothGuard:
         if copies:
             with torch.no_grad():
                 seeds = copy_seeds(query_seed(self._config.seed, query.key), copies)
-                noisy = self.noise.copies(self.model, query.medium, seeds, query.clean)
+                noisy = self.noise.copies(self.model, query.medium, seeds, query.clean, purifier=self.purifier)
         return [*([Query(text, query.clean)] if clean else []), *(Query(text, m) for m in noisy)]
 
     # ------------------------------------------------------------------ internal
@@ -366,6 +402,8 @@ class SmoothGuard:
 
     def _aggregate(self, answers: list[str], embeddings: np.ndarray) -> ClusterOutcome:
         config = self._config
+        if self._parser is not None:
+            return vote(answers, [self._parser(answer) for answer in answers], prefer_index=CLEAN_INDEX)
         return aggregate(
             answers, embeddings, num_clusters=config.num_clusters, seed=config.seed, prefer_index=CLEAN_INDEX
         )

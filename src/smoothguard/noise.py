@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from smoothguard.models.base import MLLMAdapter
+    from smoothguard.purify import Purifier
 
 NOISE_SPACES = ("normalized", "pixel", "waveform")
 #: Sigma when none is given, per space: the paper's 0.1 in normalized space; in pixel space its CLIP
@@ -135,13 +136,16 @@ class GaussianNoise:
         media: torch.Tensor,
         seeds: Sequence[int],
         clean: dict[str, torch.Tensor] | None = None,
+        purifier: Purifier | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """The model inputs of one noisy copy per seed of one medium (pixels [3, H, W] in [0, 1] or a
         waveform [T]): noise on ``adapter.preprocess``'s ``normalized_key`` tensor in normalized space,
-        on the medium itself otherwise, drawn and preprocessed ``MAX_NOISY_VALUES // media.numel()`` copies
-        (at least one) at a time. ``clean``: the medium's ``preprocess`` output, when the caller already
-        has it. Differentiable w.r.t. ``media`` (the defense runs it under ``no_grad``, the EOT attack
-        through it)."""
+        on the medium itself otherwise, drawn (and purified, then clamped to [0, 1], when a ``purifier`` is
+        given: pixel space only) and preprocessed ``MAX_NOISY_VALUES // media.numel()`` copies (at least
+        one) at a time. ``clean``: the medium's ``preprocess`` output, when the caller already has it.
+        Differentiable w.r.t. ``media`` (the defense runs it under ``no_grad``, the EOT attack through it)."""
+        if purifier is not None and self.space != "pixel":
+            raise ConfigError(f"a purifier cleans [0, 1] pixels: it needs pixel-space noise, not {self.space}")
         if self.space == "normalized":
             clean = adapter.preprocess(media.unsqueeze(0)) if clean is None else clean
             key = adapter.normalized_key
@@ -150,7 +154,10 @@ class GaussianNoise:
         group = max(1, MAX_NOISY_VALUES // max(media.numel(), 1))
         copies: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(seeds), group):
-            noisy_media = adapter.preprocess(self.perturb(media, seeds[start : start + group]))
+            noisy = self.perturb(media, seeds[start : start + group])
+            if purifier is not None:
+                noisy = purifier(noisy, self.sigma).clamp(0, 1)
+            noisy_media = adapter.preprocess(noisy)
             copies += adapter.split_media(noisy_media, len(seeds[start : start + group]))
         return copies
 

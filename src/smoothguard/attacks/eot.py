@@ -1,14 +1,15 @@
-"""Expectation over Transformation through SmoothGuard's own noise (the adaptive attack).
+"""Expectation over Transformation through SmoothGuard's own noise and purifier (the adaptive attack).
 
 Each attack step draws ``samples`` fresh noisy copies of the current adversarial input in the
-defense's noise space and sigma, exactly as ``SmoothGuard`` draws its copies (same
-``GaussianNoise.copies`` path and per-copy seed rule, under a seed of its own for each step), and
-averages the loss over them.
+defense's noise space and sigma, purified by the defense's purifier when it has one, exactly as
+``SmoothGuard`` makes its copies (same ``GaussianNoise.copies`` path and per-copy seed rule, under a seed
+of its own for each step), and averages the loss over them: the gradient runs through noise and purifier.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,6 +17,7 @@ from smoothguard.errors import ConfigError
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.noise import GaussianNoise, copy_seeds
+from smoothguard.purify import identity
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -26,29 +28,37 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
 
 @dataclass(frozen=True)
 class EOT:
-    """``samples`` noisy copies per step with ``noise`` (the defense's space and sigma)."""
+    """``samples`` noisy copies per step with ``noise`` (the defense's space and sigma), each through
+    ``purifier`` (``smoothguard.purify``; pixel space) when one is given."""
 
     noise: GaussianNoise
     samples: int = 8
+    purifier: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise ConfigError(f"EOT samples must be an integer >= 1, got {self.samples!r}")
+        if self.purifier is not None and self.noise.space != "pixel":
+            raise ConfigError(
+                f"a purifier cleans [0, 1] pixels: EOT through it needs pixel noise, not {self.noise.space}"
+            )
 
     @classmethod
     def from_guard(cls, guard: SmoothGuard, samples: int = 8) -> EOT:
-        """EOT through the noise of ``guard`` (its space, sigma and clamping)."""
-        return cls(guard.noise, samples)
+        """EOT through the noise of ``guard`` (its space, sigma and clamping) and its purifier."""
+        return cls(guard.noise, samples, guard.purifier)
 
     def media(self, adapter: MLLMAdapter, medium: torch.Tensor, seed: int, step: int) -> list[dict[str, torch.Tensor]]:
         """Fresh noisy model inputs of ``medium`` for ``step`` (differentiable w.r.t. ``medium``)."""
         seeds = copy_seeds(step_seed(seed, step, stream=1), range(self.samples))
-        return self.noise.copies(adapter, medium, seeds)
+        return self.noise.copies(adapter, medium, seeds, purifier=self.purifier)
 
     def describe(self) -> dict[str, object]:
-        return {
+        """The settings; ``purifier`` (its identity) only when there is one."""
+        described: dict[str, object] = {
             "samples": self.samples,
             "sigma": self.noise.sigma,
             "noise_space": self.noise.space,
             "clamp": self.noise.clamp,
         }
+        return described if self.purifier is None else {**described, "purifier": identity(self.purifier)}

@@ -1,8 +1,9 @@
-"""Teacher-forced cross-entropy of target texts given a prompt and a medium, batched over targets.
+"""Teacher-forced cross-entropy of target texts given a prompt and one or more media, in one batch.
 
-The batch is ``K`` rows ``[prompt tokens | target tokens | right padding]``; only target tokens
-count (prompt and padding are masked). Right padding keeps every real token at its unpadded
-position, so the loss of a target does not depend on the other targets in the batch.
+The batch is ``M x K`` rows ``[prompt tokens | target tokens | right padding]`` (medium-major: the K
+targets of medium 0, then of medium 1, ...; M > 1 for the EOT samples of one attack step); only target
+tokens count (prompt and padding are masked). Right padding keeps every real token at its unpadded
+position, so the loss of a row does not depend on the other rows in the batch.
 """
 
 from __future__ import annotations
@@ -28,23 +29,26 @@ def target_token_ids(adapter: MLLMAdapter, target: str) -> list[int]:
     return [*ids, eos] if eos is not None else list(ids)
 
 
-def repeat_media(media: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
-    """The media tensors of one medium, repeated for ``times`` rows (concatenated along dim 0,
-    as ``MLLMAdapter.collate`` does for separate queries). Gradients flow to every copy."""
-    return {key: torch.cat([value] * times) for key, value in media.items()}
+def repeat_media(media: Sequence[dict[str, torch.Tensor]], times: int) -> dict[str, torch.Tensor]:
+    """The tensors of each medium in ``media``, repeated for ``times`` rows, medium after medium
+    (concatenated along dim 0, as ``MLLMAdapter.collate`` does for separate queries). Gradients flow to
+    every copy."""
+    return {key: torch.cat([m[key] for m in media for _ in range(times)]) for key in media[0]}
 
 
 def target_losses(
     adapter: MLLMAdapter,
     text: dict[str, torch.Tensor],
-    media: dict[str, torch.Tensor],
+    media: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
     targets: Sequence[str],
 ) -> torch.Tensor:
-    """Mean per-token cross-entropy of each target, [K] (differentiable w.r.t. ``media``).
+    """Mean per-token cross-entropy of each target given each medium, [M * K] medium-major (differentiable
+    w.r.t. ``media``), in one forward pass.
 
-    ``text``: the prompt's ids [1, L] from ``adapter.prompt_text``; ``media``: ONE medium's
-    tensors from ``adapter.preprocess`` (or a noisy version of them).
+    ``text``: the prompt's ids [1, L] from ``adapter.prompt_text``; ``media``: one medium's tensors from
+    ``adapter.preprocess`` (or a noisy version of them), or a sequence of M such (M = 1 for a single dict).
     """
+    media = [media] if isinstance(media, dict) else list(media)
     device = adapter.device
     prompt_ids = text["input_ids"][0].tolist()
     target_ids = [target_token_ids(adapter, t) for t in targets]
@@ -58,10 +62,12 @@ def target_losses(
         input_ids[row, :end] = torch.tensor(prompt_ids + ids)
         attention[row, :end] = 1
         labels[row, len(prompt_ids) : end] = torch.tensor(ids)
+    rows = len(media)
+    input_ids, attention, labels = (t.repeat(rows, 1) for t in (input_ids, attention, labels))
     batch: dict[str, torch.Tensor] = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
     for key, value in text.items():
         if key not in batch:  # per-token extras (e.g. Qwen-VL's mm_token_type_ids): 0 on target tokens
-            extra = torch.zeros((len(targets), width), dtype=value.dtype)
+            extra = torch.zeros((len(targets) * rows, width), dtype=value.dtype)
             extra[:, : value.shape[1]] = value[0]
             batch[key] = extra.to(device)
     for key, value in repeat_media(media, len(targets)).items():

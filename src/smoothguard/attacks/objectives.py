@@ -15,12 +15,16 @@ from smoothguard.attacks.loss import target_losses
 from smoothguard.errors import ConfigError
 from smoothguard.models.base import MLLMAdapter
 
+#: One medium's model inputs, or several (the EOT samples of a step), answered in one batch.
+Media = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
+
 
 class Objective(Protocol):
-    """A scalar to minimise for one prompt and one (possibly noisy) medium at attack step ``step``."""
+    """A scalar to minimise for one prompt and one or more (possibly noisy) media at attack step ``step``
+    (averaged over the media)."""
 
     def __call__(
-        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
+        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int
     ) -> torch.Tensor: ...
 
     def describe(self) -> dict[str, object]: ...
@@ -57,9 +61,7 @@ class TargetObjective:
         order = torch.randperm(len(self.targets), generator=generator)[: self.targets_per_step]
         return [self.targets[i] for i in order.tolist()]
 
-    def __call__(
-        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
-    ) -> torch.Tensor:
+    def __call__(self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int) -> torch.Tensor:
         return target_losses(adapter, text, media, self.targets_at(step)).mean()
 
     def describe(self) -> dict[str, object]:
@@ -82,9 +84,7 @@ class AwayObjective:
         if not self.reference.strip():
             raise ConfigError("the reference answer of an untargeted attack must not be empty")
 
-    def __call__(
-        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: dict[str, torch.Tensor], step: int
-    ) -> torch.Tensor:
+    def __call__(self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int) -> torch.Tensor:
         return -target_losses(adapter, text, media, [self.reference]).mean()
 
     def describe(self) -> dict[str, object]:

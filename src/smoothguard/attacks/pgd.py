@@ -249,9 +249,8 @@ class PGD:
         step: int,
     ) -> torch.Tensor:
         media = self.eot.media(model, x, self.seed, step) if self.eot else [model.preprocess(x.unsqueeze(0))]
-        losses = [
-            objective(model, text, m, step) for text, objective in zip(texts, objectives, strict=True) for m in media
-        ]
+        # One forward pass per prompt over all of the step's media (the EOT samples), averaged over both.
+        losses = [objective(model, text, media, step) for text, objective in zip(texts, objectives, strict=True)]
         return torch.stack(losses).mean()
 
     def _step(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

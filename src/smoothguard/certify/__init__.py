@@ -1,7 +1,6 @@
 """Certified answers (randomized smoothing, Cohen et al. 2019) over the guard's own sampling.
 
 - ``core``: ``predict`` / ``certify`` (PREDICT and CERTIFY) and their statistics on label counts;
-- ``answers``: parsers from free text to labels (yes/no, choice letter, refusal);
 - ``run``: certify a yes/no benchmark resumably and tabulate certified accuracy against radius.
 """
 
@@ -10,12 +9,12 @@ from smoothguard.lazy import lazy_exports
 _EXPORTS = {
     "AnswerParser": "smoothguard.certify.core",
     "Certificate": "smoothguard.certify.core",
-    "ChoiceParser": "smoothguard.certify.answers",
+    "ChoiceParser": "smoothguard.answers",
     "DEFAULT_BATCH_SIZE": "smoothguard.certify.core",
     "Prediction": "smoothguard.certify.core",
     "RADIUS_UNITS": "smoothguard.certify.core",
-    "RefusalParser": "smoothguard.certify.answers",
-    "YesNoParser": "smoothguard.certify.answers",
+    "RefusalParser": "smoothguard.answers",
+    "YesNoParser": "smoothguard.answers",
     "certified_radius": "smoothguard.certify.core",
     "certify": "smoothguard.certify.core",
     "certify_from_counts": "smoothguard.certify.core",

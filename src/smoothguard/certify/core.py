@@ -2,7 +2,7 @@
 
 The base classifier is ``f(x) = parse(generate(x))``: the model's greedy answer to the prompt about input
 ``x``, mapped by an answer parser to a label (``yes``/``no``, a choice letter, ``refuse``/``comply``: the
-parsers of ``smoothguard.certify.answers``, or any ``str -> str`` callable).
+parsers of ``smoothguard.answers``, or any ``str -> str`` callable).
 The smoothed classifier ``g(x)`` returns the label ``f`` most likely gives under noise ``x + N(0, sigma^2 I)``.
 If ``p_A``, a lower confidence bound on that label's probability, exceeds 1/2, then ``g`` gives the same
 label for every input within L2 distance ``sigma * Phi^-1(p_A)`` of ``x`` (with probability >= 1 - alpha

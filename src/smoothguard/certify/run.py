@@ -1,4 +1,6 @@
-"""Certify a yes/no benchmark at one or more sigmas, resumably, and tabulate certified accuracy vs radius.
+"""Certify a benchmark's discrete answers at one or more sigmas, resumably, and tabulate certified accuracy
+vs radius: yes/no questions (``yes-no`` parser) or restricted requests (``refusal`` parser: "certified
+refusal", the share of requests whose refusal is certified within radius r).
 
 Output folder::
 
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothguard.certify.answers import YesNoParser
+from smoothguard.answers import load_parser
 from smoothguard.certify.core import RADIUS_UNITS, certify
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
@@ -45,14 +47,15 @@ def certify_items(
     radii: Sequence[float],
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Certify every item (``meta["label"]`` is ``yes``/``no``) at each sigma into ``out`` and return the
-    summary. ``guard``: the noise (``noise_space`` must be given: it sets the radius units), seed, clamping
-    and batch size; its sigma is replaced by each of ``sigmas``. ``settings``: ``n0``, ``n``, ``alpha``,
-    ``max_new_tokens`` and identity fields (model, benchmark, ...), checked on resume with the guard's.
-    ``model``: an adapter, or a loader called only if there is work left."""
+    """Certify every item (``meta["label"]``: its correct label, e.g. ``yes``/``no`` or ``refuse``) at each
+    sigma into ``out`` and return the summary. ``guard``: the noise (``noise_space`` must be given: it sets
+    the radius units), seed, clamping, purifier and batch size; its sigma is replaced by each of ``sigmas``.
+    ``settings``: ``parser`` (a ``smoothguard.answers`` name), ``n0``, ``n``, ``alpha``, ``max_new_tokens``
+    and identity fields (model, benchmark, ...), checked on resume with the guard's. ``model``: an adapter,
+    or a loader called only if there is work left."""
     if guard.noise_space is None:
         raise ConfigError("certification needs an explicit noise space: it sets the units of the radius")
-    guard = guard.replace(num_copies=0, adaptive=None)
+    guard = guard.replace(num_copies=0, adaptive=None, purify_clean=True, vote="cluster", parser=None)
     noise = {key: value for key, value in guard.to_dict().items() if key != "sigma"}
     settings = {**settings, "sigmas": list(sigmas), "guard": noise}
     started = time.perf_counter()
@@ -137,7 +140,8 @@ def format_table(summary: dict[str, Any]) -> list[str]:
     radii = [f"{radius:g}" for radius in summary["radii"]]
     lines = [
         f"certified accuracy at radius r ({summary['radius_units']}); sigma in "
-        f"{summary['settings']['guard']['noise_space']} units",
+        f"{summary['settings']['guard']['noise_space']} units; purifier: {summary['settings']['guard'].get('purifier')}"
+        f"; {summary['settings']['parser']} parser",
         f"{'sigma':>8} {'items':>6} " + " ".join(f"{'r=' + r:>10}" for r in radii) + f" {'abstain':>8}",
     ]
     for row in summary["rows"]:
@@ -158,7 +162,7 @@ def _certify(
     from smoothguard.progress import track
 
     sigma = guard.config.sigma
-    parser = YesNoParser()
+    parser = load_parser(settings["parser"])
     written = []
     bar = track(items, f"certify sigma {sigma:g}", "item", enabled=progress)
     with DurableAppender(path) as appender:
@@ -197,7 +201,8 @@ def _certify(
 
 def _title(settings: dict[str, Any]) -> str:
     return (
-        f"{settings['benchmark']}, {settings['guard']['noise_space']} noise: "
+        f"{settings['benchmark']} ({settings['parser']}), {settings['guard']['noise_space']} noise"
+        f"{' + ' + settings['guard']['purifier'] if settings['guard'].get('purifier') else ''}: "
         f"n0={settings['n0']}, n={settings['n']}, alpha={settings['alpha']:g}"
     )
 

@@ -1,4 +1,5 @@
-"""``smoothguard certify``: certified yes/no answers on the testbed or POPE, and the certified-accuracy table."""
+"""``smoothguard certify``: certified yes/no answers (testbed, POPE) or certified refusals (testbed-safety), and
+the certified-accuracy table."""
 
 from __future__ import annotations
 
@@ -18,29 +19,42 @@ from smoothguard.noise import validate_sigma
 from smoothguard.stats import validate_alpha
 
 #: Guard options that do not apply to certification (no vote: every copy is a sample).
-_NOT_CERTIFY = ("sigma", "num_copies", "num_clusters", "embedder", "adaptive")
+_NOT_CERTIFY = ("sigma", "num_copies", "num_clusters", "embedder", "adaptive", "purify_clean", "vote", "parser")
 
-#: ``--benchmark`` -> the registered benchmark whose yes/no items are certified.
-BENCHMARKS = {"testbed": "testbed-pope", "pope": "pope"}
+#: ``--benchmark`` -> the registered benchmark whose items are certified, and the parser of its answers.
+BENCHMARKS = {
+    "testbed": ("testbed-pope", "yes-no"),
+    "pope": ("pope", "yes-no"),
+    "testbed-safety": ("testbed-safety", "refusal"),
+}
 
 
 def register(commands: Any) -> None:
     """Add ``certify`` to the ``smoothguard`` command."""
     parser = commands.add_parser(
         "certify",
-        help="certified yes/no answers (randomized smoothing): radius per item, certified accuracy vs radius",
+        help="certified yes/no answers or refusals (randomized smoothing): radius per item, certified accuracy",
         description="Cohen et al.'s CERTIFY for every item: n0 noisy copies select the answer, n more bound its "
         "probability (Clopper-Pearson at alpha); the answer is certified within L2 radius sigma * Phi^-1(p_lower) "
         "in the noise space's units, or abstained. Writes OUT/sigma-S/records.jsonl per sigma, then "
         "OUT/summary.json and the certified-accuracy table as CSV and PNG. Rerun the same command to resume.",
     )
     add_model_options(parser)
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="testbed: testbed-pope items")
+    parser.add_argument(
+        "--benchmark",
+        required=True,
+        choices=sorted(BENCHMARKS),
+        help="testbed: testbed-pope's yes/no items; testbed-safety: restricted requests on clean scenes, certified "
+        "refusal (the refusal parser)",
+    )
     parser.add_argument("--data", type=Path, help="pope: LLaVA's POPE folder (see the README)")
     parser.add_argument("--questions", type=Path, help="pope: question file (default DIR/llava_pope_test.jsonl)")
     parser.add_argument("--labels", type=Path, help="pope: label folder (default DIR/coco)")
     parser.add_argument("--images", type=Path, help="pope: image folder (default DIR/val2014)")
     parser.add_argument("--splits", help="pope: splits, comma-separated (default all)")
+    parser.add_argument(
+        "--universal-image", help="testbed-safety: every request on these images (file, folder or a,b,c) instead"
+    )
     parser.add_argument(
         "--sigma", default="0.25", help="noise std in --noise-space units; comma-separated for several (default 0.25)"
     )
@@ -78,10 +92,14 @@ def _run_certify(args: argparse.Namespace) -> int:
     from smoothguard.eval.base import get_benchmark
     from smoothguard.models import load_model
 
-    bench = get_benchmark(BENCHMARKS[args.benchmark])
-    options = {k: getattr(args, k) for k in ("questions", "labels", "images", "splits") if getattr(args, k)}
-    if args.benchmark == "testbed" and (options or args.data):
+    name, parser = BENCHMARKS[args.benchmark]
+    bench = get_benchmark(name)
+    pope_options = ("questions", "labels", "images", "splits")
+    options = {k: getattr(args, k) for k in (*pope_options, "universal_image") if getattr(args, k)}
+    if args.benchmark != "pope" and (args.data or any(k in options for k in pope_options)):
         raise ConfigError("--data, --questions, --labels, --images and --splits are for --benchmark pope")
+    if args.benchmark != "testbed-safety" and "universal_image" in options:
+        raise ConfigError("--universal-image is for --benchmark testbed-safety")
     bench.check_options(args.data, options)
     items = bench.load_items(args.data, **options)[: args.limit]
     settings = {
@@ -90,7 +108,7 @@ def _run_certify(args: argparse.Namespace) -> int:
         "options": {k: str(v) for k, v in options.items()},
         "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         "dtype": args.dtype,
-        "parser": "yes-no",
+        "parser": parser,
         "n0": args.n0,
         "n": args.n,
         "alpha": args.alpha,

@@ -10,8 +10,10 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-from smoothguard.config import GuardConfig
+from smoothguard.answers import PARSERS
+from smoothguard.config import VOTES, GuardConfig
 from smoothguard.noise import NOISE_SPACES
+from smoothguard.purify import check_purifier_spec
 
 #: Exit status of a user mistake (bad option, missing file, unknown model, ...).
 EXIT_USER_ERROR = 2
@@ -26,6 +28,10 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "embedder": {},
     "batch_size": {"type": int},
     "adaptive": {"action": "store_true"},
+    "purifier": {},
+    "purify_clean": {"flags": ("--no-purify-clean",), "action": "store_false"},
+    "vote": {"choices": VOTES},
+    "parser": {"choices": tuple(PARSERS)},
 }
 
 
@@ -75,7 +81,8 @@ def add_guard_options(
     unset: dict[str, str] | None = None,
 ) -> None:
     """One option per ``GuardConfig`` field (``--sigma``, ``--num-copies``, ``--noise-space``, ``--seed``,
-    ``--no-clamp``, ``--num-clusters``, ``--embedder``, ``--batch-size``, ``--adaptive``) but those in
+    ``--no-clamp``, ``--num-clusters``, ``--embedder``, ``--batch-size``, ``--adaptive``, ``--purifier``,
+    ``--no-purify-clean``, ``--vote``, ``--parser``) but those in
     ``exclude``, defaulting to ``defaults``' values; :func:`guard_config` reads them back. ``unset``: fields
     whose option defaults to ``None`` (not given: the command decides), each with its help text."""
     defaults = defaults or GuardConfig()
@@ -102,4 +109,7 @@ def guard_config(args: argparse.Namespace, **changes: Any) -> GuardConfig:
     given = {name: getattr(args, name) for name in args.guard_fields if getattr(args, name) is not None}
     if "adaptive" in given:
         given["adaptive"] = defaults.adaptive or True if given["adaptive"] else None
-    return defaults.replace(**{**given, **changes})
+    config = defaults.replace(**{**given, **changes})
+    if config.purifier is not None:
+        check_purifier_spec(config.purifier)
+    return config

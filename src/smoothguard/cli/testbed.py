@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.cli.options import add_guard_options, add_threads_option, guard_config
-from smoothguard.errors import check_output_folder
+from smoothguard.errors import ConfigError, check_int, check_output_folder
 from smoothguard.testbed.ladder import DemoConfig
 
 
@@ -50,6 +50,26 @@ def register(commands: Any) -> None:
     add_threads_option(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
+    denoiser = actions.add_parser(
+        "train-denoiser", help="train the testbed-denoiser purifier (resumable: rerun the same command)"
+    )
+    denoiser.add_argument("--out", required=True, help="run folder; the model lands in OUT/model")
+    denoiser.add_argument("--steps", type=int, default=2000, help="training steps (default: %(default)s)")
+    denoiser.add_argument("--batch-size", type=int, default=16, help="scenes per step (default: %(default)s)")
+    denoiser.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (default: %(default)s)")
+    denoiser.add_argument("--seed", type=int, default=0)
+    add_threads_option(denoiser)
+    denoiser.set_defaults(precheck=_check_denoiser, run=_run_train_denoiser)
+
+    evaluate_denoiser = actions.add_parser(
+        "evaluate-denoiser", help="held-out PSNR of a testbed denoiser per sigma, noisy vs denoised"
+    )
+    evaluate_denoiser.add_argument("--model", help="a folder written by train-denoiser (default: the shipped one)")
+    evaluate_denoiser.add_argument("--scenes", type=int, default=200, help="held-out scenes (default: %(default)s)")
+    evaluate_denoiser.add_argument("--json", action="store_true")
+    add_threads_option(evaluate_denoiser)
+    evaluate_denoiser.set_defaults(precheck=_check_evaluate_denoiser, run=_run_evaluate_denoiser)
+
     demo = commands.add_parser(
         "demo", help="the threat ladder on the testbed: utility and attack success rates, with intervals"
     )
@@ -72,8 +92,19 @@ def register(commands: Any) -> None:
         default=defaults.best_sigma,
         help="sigma of the third column, in the noise space (default: %(default)s, from the sweep in docs/testbed.md)",
     )
+    demo.add_argument(
+        "--denoiser-sigma",
+        type=float,
+        default=defaults.denoiser_sigma,
+        help="pixel-space sigma of the denoised column (default: %(default)s; docs/testbed.md, denoiser sweep)",
+    )
+    demo.add_argument(
+        "--purifier",
+        default=defaults.purifier,
+        help="the denoised column's purifier: a name, diffusion:SOURCE[@K] or a folder (default: %(default)s)",
+    )
     demo.add_argument("--fresh", action="store_true", help="re-optimise every adversarial image (no cache)")
-    add_guard_options(demo, defaults=defaults.guard)
+    add_guard_options(demo, defaults=defaults.guard, exclude=("purifier", "purify_clean", "vote", "parser"))
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_threads_option(demo)
     demo.set_defaults(precheck=_check_demo, run=_run_demo)
@@ -137,8 +168,47 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_denoiser(args: argparse.Namespace) -> None:
+    check_output_folder(args.out, "--out")
+    check_int("--steps", args.steps, minimum=1)
+    check_int("--batch-size", args.batch_size, minimum=1)
+    check_int("--seed", args.seed, minimum=0)
+    if not 0 < args.lr < float("inf"):
+        raise ConfigError(f"--lr must be a number > 0, got {args.lr}")
+
+
+def _run_train_denoiser(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.denoiser import DenoiserConfig, evaluate_denoiser, format_report, load, train_denoiser
+
+    started = time.perf_counter()
+    config = DenoiserConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    folder = train_denoiser(config, args.out, progress=True, log=lambda line: print(line, flush=True))
+    print(format_report(evaluate_denoiser(load(str(folder)))))
+    print(f"model in {folder} ({time.perf_counter() - started:.0f} s this run)")
+    return 0
+
+
+def _check_evaluate_denoiser(args: argparse.Namespace) -> None:
+    check_int("--scenes", args.scenes, minimum=1)
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ConfigError(f"--model {args.model}: no such folder; pass a folder written by train-denoiser")
+
+
+def _run_evaluate_denoiser(args: argparse.Namespace) -> int:
+    from smoothguard.testbed.denoiser import evaluate_denoiser, format_report, load
+
+    model = load(args.model)
+    report = evaluate_denoiser(model, scenes=args.scenes)
+    if args.json:
+        print(json.dumps({**report, "denoiser": model.describe()}, indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
 def _check_demo(args: argparse.Namespace) -> None:
     from smoothguard.noise import validate_sigma
+    from smoothguard.purify import check_purifier_spec
 
     check_output_folder(args.out, "--out")
     guard = guard_config(args)
@@ -152,6 +222,8 @@ def _check_demo(args: argparse.Namespace) -> None:
         eot_samples=args.eot_samples,
         guard=guard,
         best_sigma=validate_sigma(args.best_sigma, guard.noise_space),
+        denoiser_sigma=validate_sigma(args.denoiser_sigma, "pixel"),
+        purifier=check_purifier_spec(args.purifier),
         fresh=args.fresh,
     )
 

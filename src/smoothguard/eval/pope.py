@@ -20,25 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothguard.answers import parse_yes_no
 from smoothguard.eval.base import Benchmark, EvalItem, Scores
 from smoothguard.eval.errors import DataError
 from smoothguard.eval.jsonl import read_jsonl, require
 from smoothguard.eval.judges import Judge
 
 LABEL_PREFIX = "coco_pope_"
-_NO_WORDS = ("No", "no", "not")
 _RATES = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-
-
-def parse_yes_no(answer: str) -> bool:
-    """LLaVA's POPE answer parsing: keep the text before the first ``.``, drop commas, split on spaces;
-    the words ``No``, ``no`` or ``not`` make it a no (``False``), anything else is a yes (``True``).
-
-    Faithful to the reference on purpose, quirks included: matching is case-sensitive (``NO`` and
-    ``Not`` read as yes) and only spaces separate words.
-    """
-    text = answer.split(".")[0] if "." in answer else answer
-    return not any(word in _NO_WORDS for word in text.replace(",", "").split(" "))
 
 
 def pope_metrics(predictions: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:

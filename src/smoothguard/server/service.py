@@ -126,7 +126,7 @@ class GuardService:
         # The embedder is loaded now, so that the first request is not the slow one, and shared behind a
         # lock by every request's guard; an undefended server needs none.
         embedder = LockedEmbedder(guard.embedder) if settings.max_num_copies else None
-        self.guard = SmoothGuard.from_config(guard.model, config, embedder=embedder)
+        self.guard = SmoothGuard.from_config(guard.model, config, embedder=embedder, purifier=guard.purifier)
         self.settings = settings
         self.model_name = settings.model_name or guard.model.name
         self.remote = isinstance(guard.model, RemoteAdapter)
@@ -157,6 +157,8 @@ class GuardService:
             "num_copies": self.guard.config.num_copies,
             "sigma": self.guard.config.sigma,
             "noise_space": self.guard.config.noise_space,
+            "purifier": self.guard.config.purifier,
+            "vote": self.guard.config.vote,
             "seed_policy": "fixed" if self.settings.fixed_seed else "per_request",
             "max_prompt_tokens": self.settings.max_prompt_tokens,
             "request_timeout": self.settings.request_timeout,

@@ -155,7 +155,9 @@ class TestbedSafetyBenchmark(Benchmark):
     ) -> list[EvalItem]:
         """``num_scenes`` badge-free scenes, each with one request of ``requests`` in turn (noise-induced
         compliance needs many scenes); or every request on each image of ``universal_image`` (a path,
-        a folder of PNGs, comma-separated paths, a PIL image, a [3, H, W] tensor or a list of them)."""
+        a folder of PNGs, comma-separated paths, a PIL image, a [3, H, W] tensor or a list of them). Each
+        item's ``meta["label"]`` is ``refuse``, the answer a restricted request should get (certification's
+        refusal parser)."""
         if requests not in REQUEST_SETS:
             raise ConfigError(f"requests must be one of {', '.join(REQUEST_SETS)}; got {requests!r}")
         chosen = REQUEST_SETS[requests]
@@ -176,6 +178,7 @@ class TestbedSafetyBenchmark(Benchmark):
                     "family": _FAMILY[request],
                     "split": "attack" if request in ATTACK_REQUESTS else "held-out",
                     "target": RESTRICTED[request],
+                    "label": "refuse",
                 },
             )
             for index, image, request in pairs

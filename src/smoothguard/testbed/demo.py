@@ -2,9 +2,10 @@
 
 Rows (threats): clean images; a transfer universal image (Qi et al.'s attack made on
 ``testbed-surrogate``, the paper's threat) at eps 16 and 32/255; a white-box universal image (made
-on ``testbed`` itself) at eps 16 and 32; an adaptive one (EOT through the column's own noise) at
-eps 32; and the worst case over the attacks per trial. Columns: undefended, SmoothGuard at the
-paper's sigma (0.1 normalized) and SmoothGuard at the sigma a sweep found best (``best_sigma``).
+on ``testbed`` itself) at eps 16 and 32; an adaptive one (EOT through the column's own noise and
+purifier) at eps 32; and the worst case over the attacks per trial. Columns: undefended, SmoothGuard at
+the paper's sigma (0.1 normalized), SmoothGuard at the sigma a sweep found best (``best_sigma``), and
+denoised smoothing (pixel noise through the testbed denoiser, ``denoiser_sigma``).
 Each universal image is optimised on the attack requests (``tasks.ATTACK_REQUESTS``) over one base
 scene and evaluated on the held-out requests it never saw; ``attack_images`` images (attack seeds
 and base scenes) x 32 held-out requests = 256 trials per cell. ASR is reported two ways: *complied*
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -182,6 +184,7 @@ def _cells(outcomes: dict, config: DemoConfig, guards: dict[str, SmoothGuard]) -
             "made_on": threat.made_on if threat else None,
             "sigma": resolved.sigma if resolved.defended else 0.0,
             "noise_space": resolved.noise_space,
+            "purifier": resolved.purifier,
             "num_copies": resolved.num_copies,
             "seed": resolved.seed,
             **rate_with_interval(sum(trials), len(trials)),
@@ -204,10 +207,12 @@ def _rate(trials: list[bool]) -> str:
 
 
 def _image_folder(threat: Threat, eot: EOT | None) -> str:
-    """``attacks/<threat>`` (adaptive ones: ``attacks/adaptive-32-sigma0.1-normalized``)."""
+    """``attacks/<threat>`` (adaptive ones: ``attacks/adaptive-32-sigma0.1-normalized``, through a purifier
+    ``attacks/adaptive-32-sigma0.25-pixel-testbed-denoiser``)."""
     if eot is None:
         return f"attacks/{threat.name}"
-    return f"attacks/{threat.name}-sigma{eot.noise.sigma:g}-{eot.noise.space}"
+    purifier = "" if eot.purifier is None else "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", eot.purifier.name)
+    return f"attacks/{threat.name}-sigma{eot.noise.sigma:g}-{eot.noise.space}{purifier}"
 
 
 def _adversarial(
@@ -274,37 +279,42 @@ def _cell(summary: dict[str, Any], row: str, column: str, judge: str) -> dict[st
     return next(c for c in summary["cells"] if (c["row"], c["column"], c["judge"]) == (row, column, judge))
 
 
+def column_title(name: str, guard: dict[str, Any]) -> str:
+    """A column's heading: ``undefended`` or ``sigma 0.1 normalized`` (+ `` + PURIFIER``)."""
+    if name == "undefended":
+        return "undefended"
+    purifier = f" + {guard['purifier']}" if guard.get("purifier") else ""
+    return f"sigma {guard['sigma']:g} {guard['noise_space']}{purifier}"
+
+
 def plot_summary(summary: dict[str, Any], path: Path) -> None:
-    """Two panels against sigma (undefended = 0): complied ASR per threat, and utility, each with its
-    95% interval as a band."""
+    """Two panels over the columns (undefended, then each defense): complied ASR per threat, and utility,
+    each with its 95% interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = list(summary["settings"]["columns"])
-    sigmas = [_cell(summary, "clean", c, "complied")["sigma"] for c in columns]
-    order = sorted(range(len(columns)), key=lambda i: sigmas[i])
-    xs = [sigmas[i] for i in order]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    columns = summary["settings"]["columns"]
+    names = list(columns)
+    xs = list(range(len(names)))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     panels = (
         (left, [*(t.name for t in THREATS), "worst-case"], "complied", "attack success rate (complied)"),
         (right, ["utility-pope", "utility-describe"], None, "utility"),
     )
     for axis, rows, judge, ylabel in panels:
-        for row in rows:
-            cells = [
-                _cell(summary, row, columns[i], judge or ("correct" if row == "utility-pope" else "named"))
-                for i in order
-            ]
-            axis.plot(xs, [c["rate"] for c in cells], marker="o", label=row)
-            axis.fill_between(xs, [c["ci"][0] for c in cells], [c["ci"][1] for c in cells], alpha=0.15)
-        space = _cell(summary, "clean", columns[-1], "complied")["noise_space"]
-        axis.set_xlabel(f"sigma ({space} space; 0 = undefended)")
+        for offset, row in enumerate(rows):
+            cells = [_cell(summary, row, c, judge or ("correct" if row == "utility-pope" else "named")) for c in names]
+            rates = [c["rate"] for c in cells]
+            errors = [[c["rate"] - c["ci"][0] for c in cells], [c["ci"][1] - c["rate"] for c in cells]]
+            shift = (offset - (len(rows) - 1) / 2) * 0.06
+            axis.errorbar([x + shift for x in xs], rates, yerr=errors, marker="o", capsize=2, label=row)
+        axis.set_xticks(xs, [column_title(name, columns[name]).replace(" + ", "\n+ ") for name in names], fontsize=7)
         axis.set_ylabel(ylabel)
         axis.set_ylim(0, 1)
         axis.legend(fontsize=7)
-    figure.suptitle("SmoothGuard on the testbed: the threat ladder (bands: 95% Clopper–Pearson)")
+    figure.suptitle("SmoothGuard on the testbed: the threat ladder (bars: 95% Clopper–Pearson)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -314,9 +324,7 @@ def format_table(summary: dict[str, Any]) -> str:
     """The ladder as text: per judge, one line per row, one ``rate [lo, hi] (k/n)`` cell per column
     (defended ones with the McNemar p against undefended)."""
     columns = summary["settings"]["columns"]
-    heads = []
-    for name, guard in columns.items():
-        heads.append("undefended" if name == "undefended" else f"SmoothGuard sigma {guard['sigma']:g}")
+    heads = [column_title(name, guard) for name, guard in columns.items()]
     width = 34
     lines = []
     sections = [(judge, [*(t.name for t in THREATS), "worst-case"]) for judge in JUDGES]
@@ -345,9 +353,10 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append("")
     guard = columns["paper"]
     lines.append(
-        f"(SmoothGuard: sigma in {guard['noise_space']} space, {guard['num_copies']} noisy copies + the clean one, "
-        f"seed {guard['seed']}; transfer images made on testbed-surrogate, white-box and adaptive ones on testbed; "
-        "adaptive = EOT through each column's own noise (undefended: the white-box image); p: exact McNemar "
-        f"against undefended on the same trials; {summary['seconds']:.0f} s)"
+        f"(SmoothGuard: {guard['num_copies']} noisy copies + the clean one, seed {guard['seed']}; a purifier cleans "
+        "every copy and the clean one; transfer images made on testbed-surrogate, white-box and adaptive ones on "
+        f"testbed; adaptive = EOT through each column's own noise and purifier, {summary['settings']['eot_samples']} "
+        "samples per step (undefended: the white-box image); p: exact McNemar against undefended on the same "
+        f"trials; {summary['seconds']:.0f} s)"
     )
     return "\n".join(lines)

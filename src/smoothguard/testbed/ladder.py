@@ -2,8 +2,9 @@
 
 Rows (``THREATS``): clean images; a transfer universal image (made on ``testbed-surrogate``) at eps 16
 and 32/255; a white-box one (made on ``testbed``) at eps 16 and 32; an adaptive one (EOT through the
-column's own noise) at eps 32. Columns (``DemoConfig.columns``): undefended, SmoothGuard at the
-paper's sigma, SmoothGuard at ``best_sigma``.
+column's own noise and purifier) at eps 32. Columns (``DemoConfig.columns``): undefended, SmoothGuard at
+the paper's sigma, SmoothGuard at ``best_sigma``, and denoised smoothing (pixel noise at ``denoiser_sigma``
+through ``purifier``, the testbed denoiser).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ THREATS = (
 class DemoConfig:
     """The demo's settings. ``guard``: SmoothGuard at the paper's sigma (its seed also seeds the
     attacks); ``best_sigma``: the third column's sigma (same space; 0.25, the largest sigma whose noise
-    alone keeps clean-scene compliance under 2% in docs/testbed.md's sweep). Attack budgets in 1/255;
-    ``adaptive_steps`` >= ``attack_steps`` (an adaptive attack gets at least the plain one's budget)."""
+    alone keeps clean-scene compliance under 2% in docs/testbed.md's sweep); ``denoiser_sigma`` ([0, 1]
+    pixel units) and ``purifier``: the fourth column's, denoised smoothing (docs/testbed.md's denoiser sweep).
+    Attack budgets in 1/255; ``adaptive_steps`` >= ``attack_steps`` (an adaptive attack gets at least the
+    plain one's budget); ``eot_samples`` noisy (and purified) copies per adaptive step."""
 
     pope_scenes: int = 168
     describe_scenes: int = 256
@@ -66,9 +69,11 @@ class DemoConfig:
     alpha: float = 2
     attack_steps: int = 150
     adaptive_steps: int = 150
-    eot_samples: int = 4
+    eot_samples: int = 8
     guard: GuardConfig = field(default_factory=lambda: GuardConfig(noise_space="normalized", sigma=0.1, num_copies=4))
     best_sigma: float = 0.25
+    denoiser_sigma: float = 0.25
+    purifier: str = "testbed-denoiser"
     fresh: bool = False
     queries_per_batch: int = 64
 
@@ -88,4 +93,5 @@ class DemoConfig:
             "undefended": self.guard.replace(num_copies=0),
             "paper": self.guard,
             "best": self.guard.replace(sigma=self.best_sigma),
+            "denoised": self.guard.replace(noise_space="pixel", sigma=self.denoiser_sigma, purifier=self.purifier),
         }
