@@ -165,3 +165,16 @@ def test_cli_mistakes_are_one_line_errors(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_defaults_are_the_configs():
+    from smoothguard.cli.main import build_parser
+
+    args = build_parser().parse_args(["testbed", "train-denoiser", "--out", "unused"])
+    defaults = DenoiserConfig()
+    assert (args.steps, args.batch_size, args.lr, args.seed) == (
+        defaults.steps,
+        defaults.batch_size,
+        defaults.lr,
+        defaults.seed,
+    )

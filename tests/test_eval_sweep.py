@@ -31,7 +31,15 @@ def test_sweep_writes_utility_and_asr_figures_and_reuses_runs(tmp_path, tiny_lla
     result = run_sweep("pope", spec, [0.0, 0.3], tmp_path / "pope-sweep", data=pope, model=tiny_llava, max_new_tokens=2)
     rows = read_csv(tmp_path / "pope-sweep" / "utility-vs-sigma.csv")
     assert [row["sigma"] for row in rows] == ["0.0", "0.3"]
-    assert list(rows[0])[:6] == ["sigma", "noise_space", "complete", "items_done", "mean.f1", "mean.accuracy"]
+    assert list(rows[0])[:7] == [
+        "sigma",
+        "noise_space",
+        "purifier",
+        "complete",
+        "items_done",
+        "mean.f1",
+        "mean.accuracy",
+    ]
     assert rows[0]["noise_space"] == "normalized"
     assert float(rows[1]["mean.f1"]) == pytest.approx(result["rows"][1]["mean.f1"]) and rows[1]["items_done"] == "6"
     assert is_png(tmp_path / "pope-sweep" / "utility-vs-sigma.png")

@@ -55,8 +55,10 @@ def summary_line(result: dict[str, Any]) -> str:
     if config["num_copies"] == 0:
         return f"[undefended] generate {timings['generate']:.2f}s"
     majority = round(result["majority_fraction"] * candidates)
+    votes = ", votes " + " ".join(f"{k}={v}" for k, v in result["votes"].items()) if result["votes"] else ""
+    purifier = f" + {config['purifier']}" if config["purifier"] else ""
     return (
-        f"[smoothguard] majority {majority}/{candidates} ({result['majority_fraction']:.2f}), "
-        f"{result['num_distinct']} distinct answers, noise {config['noise_space']} sigma={config['sigma']}, "
+        f"[smoothguard] majority {majority}/{candidates} ({result['majority_fraction']:.2f}){votes}, "
+        f"{result['num_distinct']} distinct answers, noise {config['noise_space']} sigma={config['sigma']}{purifier}, "
         f"generate {timings['generate']:.2f}s, embed+cluster {timings['embed'] + timings['cluster']:.2f}s"
     )

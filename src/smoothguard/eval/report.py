@@ -14,8 +14,10 @@ def render_report(summary: dict[str, Any]) -> str:
     guard = settings["guard"]
     defense = guard["defense"]
     how = (
-        f"SmoothGuard, sigma {defense['sigma']} ({defense['noise_space']} space), "
+        f"SmoothGuard, sigma {defense['sigma']} ({defense['noise_space']} space"
+        f"{', purifier ' + defense['purifier'] if defense.get('purifier') else ''}), "
         f"{defense['num_copies']} noisy copies + the clean one, seed {defense['seed']}"
+        f"{', parsed vote (' + defense['parser'] + ')' if defense.get('vote') == 'parsed' else ''}"
         if defense
         else "undefended"
     )

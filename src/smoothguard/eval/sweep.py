@@ -57,6 +57,7 @@ def run_sweep(
             {
                 "sigma": sigma,
                 "noise_space": summary["settings"]["guard"]["defense"]["noise_space"],
+                "purifier": summary["settings"]["guard"]["defense"]["purifier"],
                 "complete": summary["complete"],
                 "items_done": summary["items"]["done"],
                 **flat,
@@ -66,13 +67,14 @@ def run_sweep(
     metric_columns = [*bench.headline, *sorted(metrics - set(bench.headline))]
     stem = "asr-vs-sigma" if bench.kind == "safety" else "utility-vs-sigma"
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["sigma", "noise_space", "complete", "items_done", *metric_columns, "run_folder"]
+    columns = ["sigma", "noise_space", "purifier", "complete", "items_done", *metric_columns, "run_folder"]
     csv_path = write_csv(rows, columns, out / f"{stem}.csv")
     plot = plot_vs_sigma(
         rows,
         bench.headline,
         out / f"{stem}.png",
-        title=f"{bench.name}: {Path(spec.model).name}, {spec.guard.num_copies} copies",
+        title=f"{bench.name}: {Path(spec.model).name}, {spec.guard.num_copies} copies"
+        + (f", purifier {spec.guard.purifier}" if spec.guard.purifier else ""),
         ylabel="attack success rate" if bench.kind == "safety" else "score",
         noise_space=rows[0]["noise_space"],
     )

@@ -236,7 +236,7 @@ def _adversarial(
         "alpha": config.alpha,
         "steps": steps,
         "seed": config.guard.seed + index,
-        "eot": None if eot is None else eot.describe(),
+        "eot": None if eot is None else _portable(eot.describe()),
         "requests": list(ATTACK_REQUESTS),
         "base_scene": ATTACK_SCENE_START + index,
     }
@@ -268,6 +268,14 @@ def _adversarial(
     save_adversarial(result, target)
     (folder / f"{index}.ckpt.safetensors").unlink(missing_ok=True)
     return result.adversarial
+
+
+def _portable(described: dict[str, Any]) -> dict[str, Any]:
+    """An EOT description as a cache key: the purifier by name and weights' hash, not where it was loaded from."""
+    purifier = described.get("purifier")
+    if purifier is None:
+        return described
+    return {**described, "purifier": {key: purifier.get(key) for key in ("name", "sha256")}}
 
 
 def checkpoint_hash(folder: Path = CHECKPOINT_DIR) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int
 from smoothguard.progress import Progress
+from smoothguard.purify import PURIFIER_FILE
 from smoothguard.testbed.data import HELD_OUT_START, held_out_scenes, scene_pixels, training_seed
 from smoothguard.testbed.scenes import sample_scene
 
@@ -34,7 +35,6 @@ SHIPPED = Path(__file__).resolve().parent / "denoiser"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "training_history.json"
-PURIFIER_FILE = "purifier.json"
 STATE_FILE = "denoiser_state.pt"
 #: The noise levels (pixel units) the held-out PSNR is reported at.
 EVAL_SIGMAS = (0.05, 0.1, 0.25, 0.5)
@@ -309,6 +309,8 @@ def load(path: str | None = None) -> TestbedDenoiser:
 
     folder = SHIPPED if path is None else Path(path).expanduser()
     if not folder.is_dir():
+        if path is None:
+            raise ModelLoadError(f"the shipped testbed denoiser is missing from {folder}; reinstall smoothguard")
         raise ModelLoadError(
             f"testbed denoiser {str(folder)!r}: no such folder; pass a folder written by train-denoiser"
         )
