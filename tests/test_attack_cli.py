@@ -149,6 +149,16 @@ def test_untargeted_and_eot(capsys, tiny_llava_dir, image_file):
     assert outcome["config"]["eot"] == {"samples": 2, "sigma": 0.05, "noise_space": "pixel", "clamp": True}
 
 
+def test_adaptive_attack_through_the_purifier(capsys, tiny_llava_dir, image_file):
+    """--eot-samples with --purifier: the adaptive attack on noise and purifier together, named in its record."""
+    argv = attack_args(tiny_llava_dir, image_file, "--untargeted", "--steps", "1", "--eot-samples", "2")
+    argv += ["--purifier", "testbed-denoiser", "--sigma", "0.1", "--max-new-tokens", "2", "--json"]
+    code, stdout, _ = run(capsys, argv)
+    eot = json.loads(stdout)["config"]["eot"]
+    assert code == 0 and (eot["noise_space"], eot["sigma"], eot["samples"]) == ("pixel", 0.1, 2)
+    assert eot["purifier"]["name"] == "testbed-denoiser" and len(eot["purifier"]["sha256"]) == 64
+
+
 def test_audio_attack_saves_float_wav(capsys, tmp_path):
     from smoothguard.models.tiny import save_tiny_qwen2_audio
 

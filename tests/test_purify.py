@@ -242,3 +242,14 @@ def test_server_reports_the_purifier_and_the_parsed_votes(tiny_llava):
     evidence = answer.json()["smoothguard"]
     assert evidence["purifier"] == "recorder" and evidence["vote"] == "parsed"
     assert sum(evidence["votes"].values()) == 3 and set(evidence["votes"]) <= {"yes", "no"}
+
+
+def test_eval_runs_with_a_purifier_and_records_it(capsys, tmp_path):
+    argv = ["eval", "testbed-pope", "--model", "testbed", "--purifier", "testbed-denoiser", "--sigma", "0.25"]
+    argv += ["--num-copies", "2", "--option", "num_scenes=1", "--limit", "2", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    defense = summary["settings"]["guard"]["defense"]
+    assert (defense["purifier"], defense["noise_space"], defense["sigma"]) == ("testbed-denoiser", "pixel", 0.25)
+    assert summary["items"]["done"] == 2
+    assert "purifier testbed-denoiser" in (tmp_path / "report.md").read_text()

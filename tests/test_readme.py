@@ -49,11 +49,20 @@ RUN = {
     "--repeats 7": "benchmark",  # ~11 s
 }
 
+_CERTIFY = "3-4 min each: 32 items x 410 copies at 2 sigmas (~26,000 generations) for the README's certification table"
+
 #: Runnable here, but slow because of their size: run with SMOOTHGUARD_README_SLOW=1.
 SLOW = {
-    "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --noise-space pixel --n0 10 --n 100 "
-    "--alpha 0.001 --limit 48 --radii 0,0.1,0.25,0.5 --out runs/certify/testbed": "63-75 s: 48 items x 110 copies "
-    "at 2 sigmas (~10,600 generations) for the README's certification table",
+    "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --noise-space pixel --n0 10 --n 400 "
+    "--alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/yesno": _CERTIFY,
+    "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --purifier testbed-denoiser --n0 10 "
+    "--n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/yesno-denoised": _CERTIFY,
+    "smoothguard certify --model testbed --benchmark testbed-safety --sigma 0.25,0.5 --noise-space pixel --n0 10 "
+    "--n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/refusal": _CERTIFY,
+    "smoothguard certify --model testbed --benchmark testbed-safety --sigma 0.25,0.5 --purifier testbed-denoiser "
+    "--n0 10 --n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/refusal-denoised": _CERTIFY,
+    "python examples/denoised_smoothing.py --out runs/denoised --threads 2": "~30 min: 8 settings x (1,007 "
+    "questions + 768 safety trials) x 5 candidates, for the README's denoised-smoothing sweep",
     "python benchmarks/bench_guard_latency.py --threads 1 --repeats 5 # 576 image tokens, 128 new tokens": "40 s: "
     "a timing benchmark, 5 repeats of 5 arms with 576 image tokens and 128 new tokens",
     "python benchmarks/bench_guard_latency.py --testbed --threads 1 --repeats 15": "15 s: a timing benchmark, 15 "

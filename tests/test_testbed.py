@@ -341,6 +341,26 @@ def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_pat
     assert sidecar["config"]["demo_key"]["base_scene"] > HELD_OUT_START and sidecar["linf"] <= 32 + 1e-6
 
 
+def test_the_shipped_adaptive_images_through_the_denoiser_match_the_default_settings(testbed, tmp_path):
+    """The denoised column's adaptive images are keyed by the purifier's name and weights' hash, not by the
+    folder it loaded from (a clean clone or an installed package must find them)."""
+    from smoothguard.attacks import EOT
+    from smoothguard.guard import SmoothGuard
+    from smoothguard.testbed.demo import SHIPPED_ATTACKS, _adversarial, _image_folder
+    from smoothguard.testbed.ladder import DemoConfig, Threat
+
+    config = DemoConfig()
+    eot = EOT.from_guard(SmoothGuard(testbed, config.columns()["denoised"]), config.eot_samples)
+    folder = _image_folder(Threat("adaptive", 32), eot)
+    assert folder == f"attacks/adaptive-32-sigma{config.denoiser_sigma:g}-pixel-testbed-denoiser"
+    lines: list[str] = []
+    _adversarial(testbed, Threat("adaptive", 32), 0, config, eot, tmp_path / folder, False, lines.append)
+    assert lines == []  # found in the shipped cache: nothing optimised
+    sidecar = json.loads((SHIPPED_ATTACKS / folder.split("/")[1] / "0.png.json").read_text())
+    purifier = sidecar["config"]["demo_key"]["eot"]["purifier"]
+    assert purifier == {"name": "testbed-denoiser", "sha256": eot.purifier.sha256}
+
+
 def test_surrogate_is_another_model_and_both_follow_the_badge_rule(testbed):
     surrogate = load_model("testbed-surrogate")
     assert testbed.model.config.testbed_shape != surrogate.model.config.testbed_shape

@@ -96,7 +96,7 @@ def register(commands: Any) -> None:
         "--denoiser-sigma",
         type=float,
         default=defaults.denoiser_sigma,
-        help="pixel-space sigma of the denoised column (default: %(default)s; docs/testbed.md, denoiser sweep)",
+        help="pixel-space sigma of the denoised column (default: %(default)s; the README's denoiser sweep)",
     )
     demo.add_argument(
         "--purifier",

@@ -333,6 +333,7 @@ def format_table(summary: dict[str, Any]) -> str:
     (defended ones with the McNemar p against undefended)."""
     columns = summary["settings"]["columns"]
     heads = [column_title(name, guard) for name, guard in columns.items()]
+    widths = [max(38, len(head)) for head in heads]  # a cell: "0.000 [0.00, 0.01] (0/256) p=1.4e-42"
     width = 34
     lines = []
     sections = [(judge, [*(t.name for t in THREATS), "worst-case"]) for judge in JUDGES]
@@ -347,7 +348,7 @@ def format_table(summary: dict[str, Any]) -> str:
     )
     for judge, rows in sections:
         heading = f"ASR, {JUDGES[judge]}" if judge in JUDGES else "utility"
-        lines.append(f"{heading:{width}} " + " ".join(f"{h:>30}" for h in heads))
+        lines.append(f"{heading:{width}} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
         for row in rows:
             row_judge = judge if judge in JUDGES else ("correct" if row == "utility-pope" else "named")
             cells = []
@@ -357,7 +358,7 @@ def format_table(summary: dict[str, Any]) -> str:
                 if "mcnemar_p" in cell:
                     text += f" p={cell['mcnemar_p']:.2g}"
                 cells.append(text)
-            lines.append(f"{titles[row]:{width}} " + " ".join(f"{c:>30}" for c in cells))
+            lines.append(f"{titles[row]:{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
         lines.append("")
     guard = columns["paper"]
     lines.append(

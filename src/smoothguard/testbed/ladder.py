@@ -58,7 +58,7 @@ class DemoConfig:
     """The demo's settings. ``guard``: SmoothGuard at the paper's sigma (its seed also seeds the
     attacks); ``best_sigma``: the third column's sigma (same space; 0.25, the largest sigma whose noise
     alone keeps clean-scene compliance under 2% in docs/testbed.md's sweep); ``denoiser_sigma`` ([0, 1]
-    pixel units) and ``purifier``: the fourth column's, denoised smoothing (docs/testbed.md's denoiser sweep).
+    pixel units) and ``purifier``: the fourth column's, denoised smoothing (the README's denoiser sweep).
     Attack budgets in 1/255; ``adaptive_steps`` >= ``attack_steps`` (an adaptive attack gets at least the
     plain one's budget); ``eot_samples`` noisy (and purified) copies per adaptive step."""
 
