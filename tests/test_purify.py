@@ -253,3 +253,21 @@ def test_eval_runs_with_a_purifier_and_records_it(capsys, tmp_path):
     assert (defense["purifier"], defense["noise_space"], defense["sigma"]) == ("testbed-denoiser", "pixel", 0.25)
     assert summary["items"]["done"] == 2
     assert "purifier testbed-denoiser" in (tmp_path / "report.md").read_text()
+
+
+def test_a_remote_model_gets_the_purified_copies(image_file):
+    """The guard proxy's path: pixel copies are purified before they are encoded and sent upstream. The
+    scripted upstream answers with a hash of the image it got: an erasing purifier makes every image the
+    same (mutation: purifier skipped for remote models -> four different images)."""
+    from server_support import ScriptedUpstream
+    from smoothguard import load_model
+    from smoothguard.server import BackgroundServer
+
+    upstream = ScriptedUpstream()
+    with BackgroundServer(upstream.app) as server:
+        model = load_model(f"openai:{server.url}/v1#scripted")
+        plain = SmoothGuard(model, sigma=0.2, num_copies=3, vote="parsed", parser="refusal")
+        erased = SmoothGuard(model, plain.config.replace(purifier=None), purifier=grey)
+        noisy = plain.generate("q", image=image_file, max_new_tokens=4).candidates
+        purified = erased.generate("q", image=image_file, max_new_tokens=4).candidates
+    assert len(set(noisy)) == 4 and len(set(purified)) == 1
