@@ -12,7 +12,7 @@ from smoothguard.config import GuardConfig
 from smoothguard.eval import DataError, GuardSpec, evaluate
 from smoothguard.eval.store import read_records
 from smoothguard.stats import rate_with_interval
-from smoothguard.testbed.demo import format_table
+from smoothguard.testbed.demo import column_title, format_table
 
 
 def test_testbed_data_writes_scenes_and_their_questions(capsys, tmp_path):
@@ -61,9 +61,9 @@ def test_demo_table_prints_the_summarys_numbers():
             if column != "undefended":
                 cell["mcnemar_p"] = 0.5 / (offset + 1)
             cells.append(cell)
-    summary = {"cells": cells, "settings": {"columns": columns}, "seconds": 12.4}
+    summary = {"cells": cells, "settings": {"columns": columns, "eot_samples": 8}, "seconds": 12.4}
     lines = format_table(summary).splitlines()
-    assert lines[0].split()[-3:] == ["SmoothGuard", "sigma", "0.25"] and "SmoothGuard sigma 0.1" in lines[0]
+    assert lines[0].split()[-3:] == ["sigma", "0.25", "normalized"] and "sigma 0.1 normalized" in lines[0]
     # clean images, complied: 0/256, 1/256, 2/256 (Clopper-Pearson upper bounds 0.0143, 0.0216, 0.0279, by hand)
     assert lines[1].startswith("clean images (no attack)")
     assert "0.000 [0.00, 0.01] (0/256)" in lines[1] and "0.004 [0.00, 0.02] (1/256) p=0.25" in lines[1]
@@ -73,6 +73,10 @@ def test_demo_table_prints_the_summarys_numbers():
     pope = next(line for line in lines if line.startswith("testbed-pope accuracy"))
     assert pope.endswith("(16/256) p=0.17") and lines[-1].endswith("12 s)")  # row 14, best column: 14 + 2
     assert "4 noisy copies" not in lines[-1] and "6 noisy copies + the clean one" in lines[-1]
+    assert "8 samples per step" in lines[-1]
+    denoised = {"sigma": 0.25, "noise_space": "pixel", "purifier": "testbed-denoiser"}
+    assert column_title("denoised", denoised) == "sigma 0.25 pixel + testbed-denoiser"
+    assert column_title("undefended", columns["undefended"]) == "undefended"
 
 
 @pytest.fixture
