@@ -612,3 +612,44 @@ def test_server_url_prefixes_are_used():
     assert str(caught.value) == (
         "it is not under an allowed --allow-url-prefix (scheme, host, port and the leading path segments must match)"
     )
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def test_answer_parser_names_are_listed_comma_separated():
+    """``', '.join(PARSERS)`` -> ``'XX, XX'.join(...)`` in check_parser_name's message."""
+    from smoothguard.answers import check_parser_name
+
+    with pytest.raises(ConfigError) as error:
+        check_parser_name("maybe")
+    assert str(error.value) == "unknown answer parser 'maybe'; choose one of yes-no, choice, refusal"
+
+
+def test_fold_lower_cases():
+    """``.lower()`` -> ``.upper()`` in fold (equivalent for matching, where both sides are folded; not for callers)."""
+    from smoothguard.answers import fold
+
+    assert fold("I\u2019M Sorry") == "i'm sorry"
+
+
+def test_choice_parser_default_letters_and_its_checks():
+    """The default ``"ABCD"`` -> ``"XXABCDXX"`` or ``"abcd"``; ``self.letters = None``; ``or`` -> ``and`` between
+    the alphabetic and ASCII checks (Greek capitals are upper-case letters, not ASCII); the message -> None."""
+    from smoothguard.answers import ChoiceParser, load_parser
+
+    assert ChoiceParser().letters == "ABCD" and load_parser("choice")("B) the second") == "B"
+    assert load_parser("choice")("X) no such choice") == ChoiceParser.UNPARSED
+    with pytest.raises(ConfigError, match="distinct upper-case letters"):
+        ChoiceParser("\u0391\u0392")
+
+
+def test_refusal_parser_uses_its_own_phrases_and_checks_them():
+    """``refusal_phrase(answer, self.phrases)`` -> ``refusal_phrase(answer)``; ``or`` -> ``and`` in the empty /
+    blank checks; the message -> None, ``XX...XX`` or upper case."""
+    from smoothguard.answers import RefusalParser
+
+    custom = RefusalParser(["no way"])
+    assert custom("No way, not today") == "refuse" and custom("I cannot") == "comply"
+    for phrases in ([], ["  "]):
+        with pytest.raises(ConfigError) as error:
+            RefusalParser(phrases)
+        assert str(error.value) == "refusal phrases must be a non-empty list of non-empty strings"
