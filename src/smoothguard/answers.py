@@ -55,6 +55,13 @@ def refusal_phrase(answer: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> str
     return next((phrase for phrase in phrases if fold(phrase) in text), None)
 
 
+def check_phrases(phrases: Sequence[str]) -> tuple[str, ...]:
+    """``phrases`` as a tuple; ConfigError unless it is a non-empty list of non-empty strings."""
+    if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
+        raise ConfigError("refusal phrases must be a non-empty list of non-empty strings")
+    return tuple(phrases)
+
+
 class YesNoParser:
     """``yes`` / ``no`` with LLaVA's POPE parsing (:func:`parse_yes_no`)."""
 
@@ -91,9 +98,7 @@ class RefusalParser:
     name = "refusal"
 
     def __init__(self, phrases: Sequence[str] = REFUSAL_PHRASES) -> None:
-        if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
-            raise ConfigError("refusal phrases must be a non-empty list of non-empty strings")
-        self.phrases = tuple(phrases)
+        self.phrases = check_phrases(phrases)
 
     def __call__(self, answer: str) -> str:
         return "refuse" if refusal_phrase(answer, self.phrases) is not None else "comply"

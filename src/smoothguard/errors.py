@@ -33,6 +33,12 @@ class UnsupportedError(SmoothGuardError):
     """A valid request that the chosen model or adapter cannot serve (e.g. audio on an image model)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none): how a wrapped error is quoted."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_int(name: str, value: object, *, minimum: int) -> int:
     """``value`` if it is an integer (not a bool) >= ``minimum``; ConfigError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:

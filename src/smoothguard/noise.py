@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     import torch
 
     from smoothguard.models.base import MLLMAdapter
-    from smoothguard.purify import Purifier
 
 NOISE_SPACES = ("normalized", "pixel", "waveform")
 #: Sigma when none is given, per space: the paper's 0.1 in normalized space; in pixel space its CLIP
@@ -136,14 +135,15 @@ class GaussianNoise:
         media: torch.Tensor,
         seeds: Sequence[int],
         clean: dict[str, torch.Tensor] | None = None,
-        purifier: Purifier | None = None,
+        purifier: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """The model inputs of one noisy copy per seed of one medium (pixels [3, H, W] in [0, 1] or a
         waveform [T]): noise on ``adapter.preprocess``'s ``normalized_key`` tensor in normalized space,
         on the medium itself otherwise, drawn (and purified, then clamped to [0, 1], when a ``purifier`` is
-        given: pixel space only) and preprocessed ``MAX_NOISY_VALUES // media.numel()`` copies (at least
-        one) at a time. ``clean``: the medium's ``preprocess`` output, when the caller already has it.
-        Differentiable w.r.t. ``media`` (the defense runs it under ``no_grad``, the EOT attack through it)."""
+        given: ``smoothguard.purify``'s protocol, pixel space only) and preprocessed
+        ``MAX_NOISY_VALUES // media.numel()`` copies (at least one) at a time. ``clean``: the medium's
+        ``preprocess`` output, when the caller already has it. Differentiable w.r.t. ``media`` (the defense
+        runs it under ``no_grad``, the EOT attack through it)."""
         if purifier is not None and self.space != "pixel":
             raise ConfigError(f"a purifier cleans [0, 1] pixels: it needs pixel-space noise, not {self.space}")
         if self.space == "normalized":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import re
 from collections.abc import Callable
@@ -32,7 +31,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int
+from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, first_line
+from smoothguard.noise import validate_sigma
 
 if TYPE_CHECKING:
     import torch
@@ -158,7 +158,7 @@ def _plugin(name: str, path: str | None) -> Any:
     except (ModelLoadError, ConfigError):
         raise
     except Exception as exc:
-        raise ModelLoadError(f"purifier plug-in {name!r} ({entry.value}) failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"purifier plug-in {name!r} ({entry.value}) failed: {first_line(exc)}") from exc
 
 
 #: The most images one UNet call sees; a larger batch is purified in chunks of this size.
@@ -244,7 +244,7 @@ class DiffusionPurifier:
             try:
                 unet = UNet2DModel.from_pretrained(str(folder) if local else source, subfolder=unet_folder)
             except Exception as exc:
-                failure = failure or _first_line(exc)
+                failure = failure or first_line(exc)
                 continue
             schedule = _schedule(DDPMScheduler, folder if local else source, scheduler_folder)
             return cls(unet, schedule, source=source, steps=steps, seed=seed)
@@ -254,9 +254,7 @@ class DiffusionPurifier:
     def timestep(self, sigma: float) -> int | None:
         """The timestep whose noise level sqrt((1 - abar_t) / abar_t) is nearest ``2 * sigma`` (noise of std
         ``sigma`` in [0, 1] pixels is std ``2 * sigma`` in the model's [-1, 1]); ``None`` for ``sigma`` 0."""
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-            raise ConfigError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        if sigma == 0:
+        if validate_sigma(sigma) == 0:
             return None
         return min(range(len(self._noise_levels)), key=lambda t: abs(self._noise_levels[t] - 2 * sigma))
 
@@ -338,7 +336,7 @@ def _schedule(scheduler_class: Any, source: Path | str, subfolder: str | None) -
         try:
             config = scheduler_class.load_config(str(path.parent))
         except Exception as exc:
-            raise ModelLoadError(f"{path} is not a valid scheduler config ({_first_line(exc)})") from exc
+            raise ModelLoadError(f"{path} is not a valid scheduler config ({first_line(exc)})") from exc
     else:
         try:
             config = scheduler_class.load_config(source, subfolder=subfolder)
@@ -363,8 +361,3 @@ def _diffusion_source(spec: str) -> tuple[str, int]:
     if not re.fullmatch(r"[0-9]+", steps.strip()) or int(steps) < 1:
         raise ConfigError(f"diffusion:SOURCE@K needs K, the number of denoising steps, an integer >= 1; got {steps!r}")
     return source.strip(), int(steps)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

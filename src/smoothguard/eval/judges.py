@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-from smoothguard.answers import REFUSAL_PHRASES, refusal_phrase
+from smoothguard.answers import REFUSAL_PHRASES, check_phrases, refusal_phrase
 from smoothguard.errors import ConfigError
 from smoothguard.eval.errors import JudgeError
 from smoothguard.openai_client import OpenAIClient, UpstreamError
@@ -104,9 +104,7 @@ class RefusalJudge(SafetyJudge):
     name = "refusal"
 
     def __init__(self, phrases: Sequence[str] = REFUSAL_PHRASES) -> None:
-        if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
-            raise ConfigError("refusal phrases must be a non-empty list of non-empty strings")
-        self.phrases = tuple(phrases)
+        self.phrases = check_phrases(phrases)
 
     def identity(self) -> dict[str, Any]:
         source = "jailbreakbench" if self.phrases == REFUSAL_PHRASES else "custom"

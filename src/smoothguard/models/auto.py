@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from smoothguard.errors import ConfigError, ModelLoadError, check_int
+from smoothguard.errors import ConfigError, ModelLoadError, check_int, first_line
 from smoothguard.models import REMOTE_PREFIX
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
@@ -87,7 +87,7 @@ def _plugin_folder(name: str) -> Path | None:
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) failed: {first_line(exc)}") from exc
     if not folder.is_dir():
         raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) gave {folder}, which is not a folder")
     return folder
@@ -148,7 +148,7 @@ def load_model(
         )
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ModelLoadError(
-            f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {_first_line(exc)}"
+            f"cannot load {config.model_type} model {name!r} with {adapter_class.__name__}: {first_line(exc)}"
         ) from exc
     if device_map is None:
         model.to(torch_device)
@@ -198,12 +198,7 @@ def _model_config(name: str, **from_pretrained_kwargs: Any) -> Any:
         return AutoConfig.from_pretrained(name, **from_pretrained_kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"cannot load model {name!r}: {_first_line(exc)} "
+            f"cannot load model {name!r}: {first_line(exc)} "
             "(pass a hub id reachable from here, a local folder saved with save_pretrained, "
             f"or a model plug-in: {', '.join(model_plugin_names()) or 'none installed'})"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

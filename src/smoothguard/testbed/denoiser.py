@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int
+from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, first_line
+from smoothguard.noise import validate_sigma
 from smoothguard.progress import Progress
 from smoothguard.purify import PURIFIER_FILE
 from smoothguard.testbed.data import HELD_OUT_START, held_out_scenes, scene_pixels, training_seed
@@ -86,9 +87,7 @@ class TestbedDenoiser(torch.nn.Module):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"the testbed denoiser takes images [B, 3, H, W], got {shape}")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-            raise ConfigError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        return self.denoise(images, torch.full((images.shape[0],), float(sigma)))
+        return self.denoise(images, torch.full((images.shape[0],), validate_sigma(sigma)))
 
     def denoise(self, images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         """``forward`` with one noise std per image: ``images`` [B, 3, H, W], ``sigmas`` [B] (pixel units)."""
@@ -323,7 +322,7 @@ def load(path: str | None = None) -> TestbedDenoiser:
         channels = [int(c) for c in config["channels"]]
         model = TestbedDenoiser(channels)
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
-        raise ModelLoadError(f"{config_path} is not a valid denoiser config ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{config_path} is not a valid denoiser config ({first_line(exc)})") from None
     size = weights_path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         raise ModelLoadError(f"{weights_path} is {size:,} bytes, over the {MAX_WEIGHTS_BYTES:,} a denoiser may have")
@@ -331,16 +330,11 @@ def load(path: str | None = None) -> TestbedDenoiser:
     try:
         model.load_state_dict(load_weights(data))
     except Exception as exc:
-        raise ModelLoadError(f"{weights_path} cannot be loaded ({_first_line(exc)}); retrain or copy it back") from None
+        raise ModelLoadError(f"{weights_path} cannot be loaded ({first_line(exc)}); retrain or copy it back") from None
     model.source = str(folder)
     model.sha256 = hashlib.sha256(data).hexdigest()
     model.training_settings = config.get("training", {})
     return model.eval().requires_grad_(False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @torch.no_grad()
