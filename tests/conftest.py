@@ -13,6 +13,37 @@ import pytest
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+_REFERENCE_SKIPS: dict[str, int] = {}
+
+
+def needs_reference(folder: Path, what: str) -> pytest.MarkDecorator:
+    """Mark tests that compare with third-party reference data in ``folder`` (under ../shared/fixtures).
+
+    Where the folder is absent they skip, and the session ends with a line naming it; under ``CI=true``
+    (CI always has ../shared beside its clone) they fail instead, so a lost fixture cannot pass quietly."""
+    return pytest.mark.reference(folder=folder, what=what)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reference(folder, what): compares with ../shared reference data")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("reference"):
+        folder, what = mark.kwargs["folder"], mark.kwargs["what"]
+        if folder.is_dir():
+            continue
+        reason = f"reference data {folder} is absent ({what})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: CI has ../shared beside its clone, so this check must run", pytrace=False)
+        _REFERENCE_SKIPS[reason] = _REFERENCE_SKIPS.get(reason, 0) + 1
+        pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for reason, count in _REFERENCE_SKIPS.items():
+        line = f"REFERENCE CHECKS NOT RUN: {count} tests skipped, {reason}"
+        terminalreporter.write_line(line, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, needs_reference
 from eval_support import make_llava_bench_folder, openai_endpoint
 from smoothguard.cli import main
 from smoothguard.config import GuardConfig
@@ -20,9 +20,7 @@ from smoothguard.eval import (
 from smoothguard.eval.llava_bench import SYSTEM_PROMPT
 
 FIXTURES = SHARED / "fixtures" / "llava_bench"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"reference data {FIXTURES} is absent (the LLaVA-Bench review files of ../shared)"
-)
+needs_fixtures = needs_reference(FIXTURES, "the LLaVA-Bench review files of ../shared")
 
 # Expected values: an independent re-implementation of LLaVA's llava/eval/summarize_gpt_review.py
 # (written for this check, not part of the package) on the same files: per category and "all",

@@ -5,16 +5,14 @@ import json
 
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, needs_reference
 from eval_support import make_pope_folder, write_jsonl
 from smoothguard.cli import EXIT_USER_ERROR, main
 from smoothguard.eval import DataError, get_benchmark, parse_yes_no, pope_metrics, score_pope_answers
 from smoothguard.eval.pope import load_pope
 
 FIXTURES = SHARED / "fixtures" / "pope"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"reference data {FIXTURES} is absent (the POPE answer/label files of ../shared)"
-)
+needs_fixtures = needs_reference(FIXTURES, "the POPE answer/label files of ../shared")
 
 # Expected values: an independent re-implementation of LLaVA's llava/eval/eval_pope.py (written for
 # this check, not part of the package) run on the same files. That script takes each label file,

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED, needs_reference
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SHARED = ROOT.parent / "shared"
 SHIPPED_ATTACKS = ROOT / "src" / "smoothguard" / "testbed" / "attacks"
 SLOW_ENV = "SMOOTHGUARD_README_SLOW"
 
@@ -290,7 +291,7 @@ def test_attack_example_runs_on_the_tiny_model_it_creates(workdir):
         assert result[key] == pytest.approx(shown[key], rel=1e-3), key
 
 
-@pytest.mark.skipif(not (SHARED / "fixtures").is_dir(), reason="../shared/fixtures is absent")
+@needs_reference(SHARED / "fixtures", "the POPE answers and LLaVA-Bench reviews the score examples read")
 def test_score_examples_reproduce_the_readme_tables(workdir):
     pope, llava_bench = run_group("score", workdir).values()
     readme = README.read_text()

@@ -22,17 +22,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SHARED, needs_reference
 from smoothguard import load_model
 from smoothguard.inputs import load_image
 from smoothguard.models import LlavaAdapter
 from smoothguard.models.qwen_vl import QwenVLAdapter
 
-# As tests/conftest.py finds it: the ``shared`` folder beside the repository.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURES = SHARED / "fixtures" / "model-configs"
-pytestmark = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"the real model config files are not here: {FIXTURES} is absent"
-)
+pytestmark = needs_reference(FIXTURES, "the real model config files of ../shared")
 
 LLAVA_FILES = (
     "preprocessor_config.json",
