@@ -189,17 +189,24 @@ class GuardModelJudge(SafetyJudge):
             self._loaded = (tokenizer, model.to(device).eval())
         return self._loaded
 
-    def _generate(self, cases: Sequence[SafetyCase]) -> list[str]:
-        import torch
-
-        tokenizer, model = self._load()
+    def encode(self, cases: Sequence[SafetyCase]) -> Any:
+        """The token batch the guard model reads: each (prompt, answer) exchange as a user and an assistant
+        message through the folder's chat template (which brings its own special tokens), left-padded;
+        ``input_ids`` and ``attention_mask`` are ``[len(cases), longest]``."""
+        tokenizer, _ = self._load()
         chats = [
             tokenizer.apply_chat_template(
                 [{"role": "user", "content": c.prompt}, {"role": "assistant", "content": c.answer}], tokenize=False
             )
             for c in cases
         ]
-        batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        return tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _generate(self, cases: Sequence[SafetyCase]) -> list[str]:
+        import torch
+
+        tokenizer, model = self._load()
+        batch = self.encode(cases).to(model.device)
         with torch.inference_mode():
             output = model.generate(
                 **batch, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id

@@ -7,13 +7,14 @@ The processor turns a 16 kHz waveform into Whisper log-mel features (30 s window
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from smoothguard.errors import InputError, UnsupportedError
-from smoothguard.models.base import PROMPT_CACHE_SIZE, MLLMAdapter, PromptIds
+from smoothguard.models.base import PROMPT_CACHE_SIZE, Generation, MLLMAdapter, PromptIds, Query
 
 
 class WhisperLogMel(torch.nn.Module):
@@ -83,6 +84,11 @@ class WhisperLogMel(torch.nn.Module):
         frame_starts = torch.arange(num_frames, device=waveforms.device) * self.hop_length
         mask = (frame_starts < num_samples).to(torch.int32).expand(batch, num_frames)
         return {"input_features": features, "feature_attention_mask": mask}
+
+
+#: The fewest ``<|AUDIO|>`` tokens Qwen2-Audio's forward can take: it tells an expanded prompt by two
+#: adjacent audio tokens, and reads one (or none) as an unexpanded prompt, which then fails (TypeError).
+MIN_AUDIO_TOKENS = 2
 
 
 class QwenAudioAdapter(MLLMAdapter):
@@ -158,3 +164,18 @@ class QwenAudioAdapter(MLLMAdapter):
         self.log_mel.check_length(media.shape[0])
         input_ids = self.prompt_ids(prompt).expand(self.audio_token_count(media.shape[0]))
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    def complete(self, queries: Sequence[Query], **generate_kwargs: Any) -> list[Generation]:
+        """As :meth:`MLLMAdapter.complete`; ``InputError`` for a clip too short for the model (under
+        ``MIN_AUDIO_TOKENS`` audio tokens: 960 samples, 0.06 s, or fewer at 16 kHz)."""
+        for query in queries:
+            count = int((query.text["input_ids"] == self.processor.audio_token_id).sum())
+            if count < MIN_AUDIO_TOKENS:
+                # Frames of one hop each; ``audio_token_count`` gives 2 tokens from 7 frames on.
+                shortest = 6 * self.log_mel.hop_length + 1
+                raise InputError(
+                    f"the audio clip is too short for this model ({count} audio tokens; Qwen2-Audio needs "
+                    f"{MIN_AUDIO_TOKENS}): send at least {shortest} samples "
+                    f"({shortest / self.sampling_rate:.3f} s at {self.sampling_rate} Hz), e.g. padded with silence"
+                )
+        return super().complete(queries, **generate_kwargs)

@@ -61,7 +61,9 @@ def decode_audio(data: str, audio_format: str, sampling_rate: int, param: str) -
     raw = _base64(data, param)
     try:
         samples, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
-        return load_audio((samples, int(rate)), sampling_rate=sampling_rate, name=param)
+        # [T, C] from soundfile: averaged here, where the layout is known (load_audio would have to guess
+        # it from the shape, and cannot for clips of 8 samples or fewer, nor for more than 8 channels).
+        return load_audio((samples.mean(axis=1), int(rate)), sampling_rate=sampling_rate, name=param)
     except InputError as exc:
         raise ApiError(422, "invalid_audio", str(exc), param=param) from None
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as exc:
