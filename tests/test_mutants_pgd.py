@@ -206,3 +206,79 @@ def test_target_generated_ignores_case_and_whitespace_runs_only(answer, target, 
     """target_generated: ``lower()`` dropped on either side, ``split()`` for ``split(" ")``, ``in`` for
     ``==`` or ``not in``."""
     assert target_generated(answer, target) is generated
+
+
+def _largest_fitting_shrink(x: torch.Tensor, x0: torch.Tensor, eps_levels: float) -> torch.Tensor:
+    """A second implementation of finalize's L2 shrink: scan s from 1 down in steps of 1e-4 and keep the
+    first on-grid x0 + s (x - x0) within eps (in levels)."""
+    for s in torch.linspace(1.0, 0.0, 10_001).tolist():
+        candidate = ((x0 + s * (x - x0)) * 255).round().clamp(0, 255)
+        if (candidate - x0 * 255).norm() <= eps_levels:
+            return candidate
+    raise AssertionError("no shrink fits")
+
+
+def test_l2_finalize_agrees_with_a_scan_of_the_shrink_factor():
+    """finalize (L2) on an uneven case: x0 off the grid at different levels, a perturbation of length 12
+    levels that rounding pushes past eps 12. The bisection must land on the same grid point as a plain scan
+    of the shrink factor (catches ``x - x0`` -> ``x + x0``, the fit test of the whole perturbation
+    -> ``+ x0``, the midpoint ``(low + high) / 2`` -> ``- high`` or ``/ 3``, and a strict ``< eps``)."""
+    generator = torch.Generator().manual_seed(4)
+    x0 = ((torch.rand(3, 4, 4, generator=generator) * 200 + 20).floor() + 0.5) / 255
+    direction = torch.randn(3, 4, 4, generator=generator)
+    x = x0 + direction / direction.norm() * 12 * U
+    rounded = ((x * 255).round() - x0 * 255).norm().item()
+    assert rounded > 12  # rounding alone would leave the budget
+    final = _pgd(eps=12, norm="l2").finalize(x, x0)
+    assert torch.equal((final * 255).round(), _largest_fitting_shrink(x, x0, 12))
+
+
+def test_linf_finalize_slack_never_takes_away_a_whole_level():
+    """finalize (L-inf): the bounds ``ceil(x0*255 - eps - 1e-6)`` and ``floor(x0*255 + eps + 1e-6)``; with
+    the 1e-6 on the other side, x0 = 16/255 with eps 8 could not reach level 8, nor x0 = 0 level 8. (Near
+    255 float32 cannot hold the 1e-6, so the check is made low in the range.)"""
+    attack = _pgd(eps=8)
+    x0 = torch.tensor([16 / 255])
+    down = attack.finalize(x0 - 8 * U, x0)
+    up = attack.finalize(torch.tensor([8 * U]), torch.tensor([0.0]))
+    assert (down * 255).round().item() == 8.0 and (up * 255).round().item() == 8.0
+
+
+def test_l2_finalize_keeps_values_in_the_pixel_range():
+    """finalize (L2): on_grid's ``clamp(0, 255)`` (either bound dropped, or the lower moved to 1): values
+    asked for outside [0, 1] come back at its ends, and a zero pixel left alone stays zero."""
+    attack = _pgd(eps=64, norm="l2")
+    x0 = torch.tensor([0.0, 1.0, 0.0])
+    final = attack.finalize(torch.tensor([-0.05, 1.05, 0.0]), x0)
+    assert final.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_l2_step_normalises_a_short_gradient_too():
+    """_step (L2): ``grad.norm().clamp_min(1e-12)`` -> ``clamp_min(1.000000000001)``: a gradient of length
+    0.5 must still give a step of length alpha."""
+    stepped = _pgd(alpha=5, norm="l2")._step(torch.zeros(2), torch.tensor([0.3, 0.4]))
+    assert torch.allclose(stepped, torch.tensor([-5 * U * 0.6, -5 * U * 0.8]))
+
+
+def test_l2_random_start_of_one_value_is_on_its_unit_sphere_times_the_radius():
+    """_start (L2): ``noise.norm().clamp_min(1e-12)`` -> ``clamp_min(1.000000000001)``: a one-value medium's
+    draw has length below 1 and must still be normalised (to +-1) before the radius scales it."""
+    x0 = torch.tensor([0.5])
+    x, _ = _pgd(eps=16, norm="l2", seed=0)._start(x0, {}, None)
+    generator = torch.Generator().manual_seed(3)
+    draw = torch.rand(1, generator=generator) * 2 - 1
+    radius = torch.rand((), generator=generator)
+    assert abs(draw.item()) < 1
+    assert torch.allclose(x, 0.5 + 16 * U * torch.sign(draw) * radius)
+
+
+def test_start_resumes_from_an_existing_checkpoint(tmp_path):
+    """_start: with a checkpoint file there, ``_load_checkpoint(Path(checkpoint), x0, run_config)`` (any
+    argument -> None or dropped, ``Path(None)``): the saved input and losses come back."""
+    attack = _pgd(eps=8)
+    x0 = torch.full((3, 2, 2), 0.5)
+    saved = x0 + 4 * U
+    run_config = {**attack.config(), "prompts": ["p"]}
+    attack._save_checkpoint(tmp_path / "run.safetensors", saved, x0, [2.5, 1.5], run_config)
+    x, losses = attack._start(x0, run_config, str(tmp_path / "run.safetensors"))
+    assert torch.equal(x, saved) and losses == [2.5, 1.5]

@@ -52,7 +52,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 class MiniLMEmbedder:
     """``all-MiniLM-L6-v2`` (sentence-transformers, mean pooling), loaded from the packaged model folder.
 
-    ``embed(texts)`` returns float32 ``[n, 384]``, not normalised.
+    ``embed(texts)`` returns float32 ``[n, 384]`` of unit-length rows (the packaged model ends in a Normalize layer).
     """
 
     name = MINILM_NAME

@@ -228,6 +228,8 @@ class SmoothGuard:
         started = time.perf_counter()
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         queries = self.prepare(prompts, media, ids)
+        if not queries:
+            return []
         spent = {"preprocess": time.perf_counter() - started, "generate": 0.0, "embed": 0.0, "cluster": 0.0}
         num_copies = self._config.num_copies
         plan = self._config.adaptive
@@ -385,12 +387,12 @@ class SmoothGuard:
         return [answers[i * len(wanted) : (i + 1) * len(wanted)] for i in range(len(queries))]
 
     def _embed(self, texts: list[str], known: dict[str, np.ndarray]) -> np.ndarray:
-        """Embeddings [len(texts), d] of ``texts``; each distinct text is embedded once (``known`` keeps them
-        across the rounds of one call): 11 identical answers cost one embedding, not eleven."""
+        """Embeddings [len(texts), d] of ``texts`` (at least one); each distinct text is embedded once (``known``
+        keeps them across the rounds of one call): 11 identical answers cost one embedding, not eleven."""
         new = [text for text in dict.fromkeys(texts) if text not in known]
         if new:
             known.update(zip(new, self.embedder.embed(new), strict=True))
-        return np.stack([known[text] for text in texts]) if texts else np.zeros((0, 1), np.float32)
+        return np.stack([known[text] for text in texts])
 
     def _decided(self, answers: list[str], embeddings: np.ndarray) -> bool:
         """Whether the majority cluster's share of the noisy copies answered so far is decided."""
