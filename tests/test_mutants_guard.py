@@ -61,6 +61,7 @@ def test_result_dict_adds_clean_text_and_copies_used(tiny_llava, minilm, image_f
     record = result.to_dict()
     assert record["clean_text"] == result.candidates[0] and record["copies_used"] == 2
     assert record["config"]["generation"] == {"max_new_tokens": 2, "repetition_penalty": 1.0}
+    assert result.prompt == PROMPT and len(result.finish_reasons) == 3  # (-> None in the result)
 
 
 def test_default_answer_length_is_128_tokens(tiny_llava, image_file):
@@ -78,7 +79,7 @@ def test_timings_add_up_to_at_most_the_total(tiny_llava, minilm, image_file):
     timings = guard.generate(PROMPT, image=image_file, max_new_tokens=2).timings
     parts = [timings[key] for key in ("preprocess", "generate", "embed", "cluster")]
     assert all(part >= 0 for part in parts)
-    assert sum(parts) <= timings["total"]
+    assert sum(parts) <= timings["total"] < 600  # (the total ``perf_counter() + started``: huge)
 
 
 def test_no_queries_no_results(tiny_llava, minilm):
@@ -242,9 +243,11 @@ def test_embed_input_messages():
     assert embedder.name == "fixed-vectors"
 
 
-def test_minilm_records_its_device_and_width(minilm):
-    """MiniLMEmbedder.__init__: ``self.device = device`` / ``self.dim = ...`` -> None."""
-    assert (minilm.device, minilm.dim) == ("cpu", 384)
+def test_minilm_records_its_device_and_width():
+    """MiniLMEmbedder.__init__: ``self.device = device`` / ``self.dim = ...`` -> None. (Built here, not
+    taken from the session fixture: mutmut credits a fixture's construction to the first test using it.)"""
+    embedder = MiniLMEmbedder()
+    assert (embedder.device, embedder.dim) == ("cpu", 384)
 
 
 def test_minilm_output_is_float32_raw_and_quiet(minilm, capfd):

@@ -172,11 +172,13 @@ def test_openai_judge_defaults(monkeypatch):
     ``max_retries`` or ``backoff`` (the client's own defaults are 120, 2 and 0.5)."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     judge = OpenAIJudge("https://api.example.org/v1", "gpt-judge")
+    judge.close()
     assert (judge.timeout, judge.retries, judge.backoff) == (120.0, 3, 2.0)
     client = judge._client
     assert (client.timeout, client.max_retries, client.backoff) == (120.0, 3, 2.0)
     assert client.endpoint == "https://api.example.org/v1/chat/completions"  # https is accepted
     judge = OpenAIJudge("http://127.0.0.1:1/v1", "m", key_env=None, timeout=7.0, retries=0, backoff=0.25)
+    judge.close()
     assert (judge._client.timeout, judge._client.max_retries, judge._client.backoff) == (7.0, 0, 0.25)
     monkeypatch.delenv("OPENAI_API_KEY")
     message = (
@@ -207,7 +209,9 @@ def test_openai_judge_limits_at_their_boundaries(retries, timeout, backoff, refu
         ):
             OpenAIJudge("http://127.0.0.1:1/v1", "m", **options)
     else:
-        assert OpenAIJudge("http://127.0.0.1:1/v1", "m", **options).retries == retries
+        judge = OpenAIJudge("http://127.0.0.1:1/v1", "m", **options)
+        judge.close()
+        assert judge.retries == retries
 
 
 def test_openai_judge_model_message_in_full():
