@@ -2,6 +2,7 @@
 loaded back through ``load_model(folder)``, the path a hub id takes."""
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +14,13 @@ import pytest
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def exact(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern for exactly ``message``, the whole one-line error."""
+    return "^" + re.escape(message) + "$"
+
+
 _REFERENCE_SKIPS: dict[str, int] = {}
 
 

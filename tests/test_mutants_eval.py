@@ -11,15 +11,12 @@ import shutil
 
 import pytest
 
+from conftest import exact
 from eval_support import MM_SAFETY_ROW, make_mm_safety_folder, make_pope_folder, write_jsonl
 from smoothguard.errors import ConfigError
 from smoothguard.eval import DataError, get_benchmark, mm_safety, parse_yes_no, pope_metrics, score_pope_answers
 from smoothguard.eval.judges import SafetyJudge, Verdict
 from smoothguard.eval.pope import load_pope, pope_scores
-
-
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def _starts(message: str) -> str:
@@ -51,13 +48,13 @@ def test_comma_after_no_is_dropped():
 
 def test_length_mismatch_message():
     """pope_metrics: the length-mismatch DataError message -> None."""
-    with pytest.raises(DataError, match=_exact("3 predictions for 2 labels")):
+    with pytest.raises(DataError, match=exact("3 predictions for 2 labels")):
         pope_metrics([True, False, True], [True, False])
 
 
 def test_empty_message():
     """pope_metrics: "no predictions to score" -> None / "XX...XX" / upper case."""
-    with pytest.raises(DataError, match=_exact("no predictions to score")):
+    with pytest.raises(DataError, match=exact("no predictions to score")):
         pope_metrics([], [])
 
 
@@ -101,7 +98,7 @@ def test_question_missing_field_names_its_line(pope):
     ``where`` -> None."""
     _, questions, labels = pope
     _rewrite(questions, lambda r: [r[0], {k: v for k, v in r[1].items() if k != "category"}, *r[2:]])
-    with pytest.raises(DataError, match=_exact(f"POPE question file {questions}, line 2: missing field(s) category")):
+    with pytest.raises(DataError, match=exact(f"POPE question file {questions}, line 2: missing field(s) category")):
         load_pope(questions, labels)
 
 
@@ -110,7 +107,7 @@ def test_missing_label_folder_message(pope, tmp_path):
     _, questions, _ = pope
     absent = tmp_path / "absent"
     message = f"POPE label folder {absent} does not exist (it holds coco_pope_<split>.json)"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         load_pope(questions, absent)
 
 
@@ -119,7 +116,7 @@ def test_empty_label_folder_message(pope, tmp_path):
     _, questions, _ = pope
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match=_exact(f"POPE label folder {empty} has no coco_pope_<split>.json files")):
+    with pytest.raises(DataError, match=exact(f"POPE label folder {empty} has no coco_pope_<split>.json files")):
         load_pope(questions, empty)
 
 
@@ -129,7 +126,7 @@ def test_label_count_error_names_the_split(pope):
     label_file = labels / "coco_pope_popular.json"
     _rewrite(label_file, lambda r: r[:-1])
     message = f"POPE split 'popular': 2 questions but 1 labels in {label_file}"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         load_pope(questions, labels)
 
 
@@ -147,7 +144,7 @@ def test_label_missing_field_names_its_line(pope):
     _, questions, labels = pope
     label_file = labels / "coco_pope_random.json"
     _rewrite(label_file, lambda r: [r[0], {k: v for k, v in r[1].items() if k != "label"}])
-    with pytest.raises(DataError, match=_exact(f"POPE label file {label_file}, line 2: missing field(s) label")):
+    with pytest.raises(DataError, match=exact(f"POPE label file {label_file}, line 2: missing field(s) label")):
         load_pope(questions, labels)
 
 
@@ -158,7 +155,7 @@ def test_bad_label_value_message(pope):
     label_file = labels / "coco_pope_random.json"
     _rewrite(label_file, lambda r: [{**r[0], "label": "maybe"}, r[1]])
     message = f"POPE label file {label_file}, line 1: label must be yes or no, got 'maybe'"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         load_pope(questions, labels)
 
 
@@ -170,7 +167,7 @@ def test_answer_list_is_called_answers_with_line_numbers(pope):
     ``enumerate(rows, 1)`` -> no start / start 2; ``where`` -> None; require's ``where`` -> None."""
     _, questions, labels = pope
     answers = [{"question_id": 1, "text": "No"}, {"question_id": 2}]
-    with pytest.raises(DataError, match=_exact("POPE answer file answers, line 2: missing field(s) text")):
+    with pytest.raises(DataError, match=exact("POPE answer file answers, line 2: missing field(s) text")):
         score_pope_answers(answers, questions, labels)
 
 
@@ -182,7 +179,7 @@ def test_answer_file_path_is_read_and_named(pope, tmp_path):
     assert score_pope_answers(path, questions, labels)["mean"]["n"] == 6
     assert score_pope_answers(str(path), questions, labels)["mean"]["n"] == 6
     write_jsonl(path, [{"question_id": 1}])
-    with pytest.raises(DataError, match=_exact(f"POPE answer file {path}, line 1: missing field(s) text")):
+    with pytest.raises(DataError, match=exact(f"POPE answer file {path}, line 1: missing field(s) text")):
         score_pope_answers(path, questions, labels)
     path.write_text("{not json\n")
     with pytest.raises(DataError, match=_starts(f"POPE answer file {path}, line 1: not valid JSON")):
@@ -224,7 +221,7 @@ def test_missing_image_folder_message(pope, tmp_path):
     folder, _, _ = pope
     absent = tmp_path / "absent"
     message = f"POPE image folder {absent} does not exist: put COCO val2014 there or pass --images DIR"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         get_benchmark("pope").load_items(folder, images=absent)
 
 
@@ -233,7 +230,7 @@ def test_unknown_split_message(pope):
     message -> None / join(None) / "XX, XX"."""
     folder, _, _ = pope
     message = "unknown POPE split(s) aaa, bogus; the question file has adversarial, popular, random"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         get_benchmark("pope").load_items(folder, splits="random,bogus,aaa")
 
 
@@ -322,7 +319,7 @@ def test_mm_load_items_without_data_dir_reads_the_working_folder(mm, monkeypatch
 def test_mm_unknown_variant_message(mm):
     """load_items: the variant list in the unknown-variant message joined by "XX, XX"."""
     with pytest.raises(
-        ConfigError, match=_exact("unknown MM-SafetyBench variant 'XX'; choose one of SD, SD_TYPO, TYPO, text")
+        ConfigError, match=exact("unknown MM-SafetyBench variant 'XX'; choose one of SD, SD_TYPO, TYPO, text")
     ):
         get_benchmark("mm-safety").load_items(mm, variant="XX")
 
@@ -330,7 +327,7 @@ def test_mm_unknown_variant_message(mm):
 def test_mm_text_variant_message(mm):
     """load_items: the text-variant message "XX...XX" / lower-case "file"."""
     message = "the text variant has no benchmark image to defend; pass --universal-image FILE"
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         get_benchmark("mm-safety").load_items(mm, variant="text")
 
 
@@ -347,7 +344,7 @@ def test_mm_question_file_type_is_named(mm):
     path = mm / "processed_questions" / "01-Illegal_Activitiy.json"
     path.write_text(json.dumps(["not", "a", "mapping"]))
     message = f"MM-SafetyBench question file {path} must map ids to questions, got a list"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         get_benchmark("mm-safety").load_items(mm)
 
 
@@ -382,7 +379,7 @@ def test_mm_assess_needs_one_answer_per_item(mm):
 
 def test_mm_safety_judge_message():
     """_safety_judge: the message -> None; the judge list joined by "XX, XX" / join(None)."""
-    with pytest.raises(ConfigError, match=_exact("mm-safety needs a safety judge (refusal, guard-model, openai)")):
+    with pytest.raises(ConfigError, match=exact("mm-safety needs a safety judge (refusal, guard-model, openai)")):
         get_benchmark("mm-safety").assess([], [], None)
 
 
@@ -393,7 +390,7 @@ def test_mm_no_scenario_files_message(tmp_path):
         f"{folder} has no <scenario>.json files; --data must be the MM-SafetyBench folder holding "
         "processed_questions/ and imgs/"
     )
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         get_benchmark("mm-safety").load_items(tmp_path / "empty")
 
 
@@ -411,7 +408,7 @@ def test_mm_scenarios_split_on_commas(mm):
 def test_mm_unknown_scenario_message(mm):
     """_select: the scenario list in the unknown-scenario message joined by "XX, XX"."""
     message = "unknown MM-SafetyBench scenario '05'; the data has 01-Illegal_Activitiy, 08-Political_Lobbying"
-    with pytest.raises(DataError, match=_exact(message)):
+    with pytest.raises(DataError, match=exact(message)):
         get_benchmark("mm-safety").load_items(mm, scenarios="05")
 
 

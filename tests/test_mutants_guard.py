@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import exact
 from smoothguard import SmoothGuard, load_model
 from smoothguard.config import GuardConfig
 from smoothguard.embed import MiniLMEmbedder, RobertaMeanEmbedder, load_embedder
@@ -17,25 +18,7 @@ from smoothguard.errors import ConfigError, InputError, ModelLoadError
 from smoothguard.guard import _jsonable
 from smoothguard.models.tiny import save_tiny_qwen2_audio
 from test_embed import roberta_dir  # noqa: F401 (a fixture)
-from test_guard import PROMPT, FixedVectors, scripted_answers
-
-
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
-
-
-@pytest.fixture
-def pixel_inputs(tiny_llava, monkeypatch):
-    """The pixel_values of every model.generate call, in order."""
-    calls = []
-    original = tiny_llava.model.generate
-
-    def recording(**batch):
-        calls.append(batch["pixel_values"].clone())
-        return original(**batch)
-
-    monkeypatch.setattr(tiny_llava.model, "generate", recording)
-    return calls
+from test_guard import PROMPT, FixedVectors, generate_calls, scripted_answers  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +123,7 @@ def test_candidates_include_the_clean_input_by_default(tiny_llava, image_file):
 
 def test_both_media_are_refused(tiny_llava, image_file):
     """generate: the both-media message -> None / "XX...XX" / upper case."""
-    with pytest.raises(InputError, match=_exact("pass either image= or audio=, not both")):
+    with pytest.raises(InputError, match=exact("pass either image= or audio=, not both")):
         SmoothGuard(tiny_llava, num_copies=0).generate(PROMPT, image=image_file, audio=np.zeros(16))
 
 
@@ -148,18 +131,18 @@ def test_audio_for_an_image_model_is_refused_naming_both(tiny_llava):
     """generate: ``"audio" if audio is not None`` -> forced False / "XXaudioXX" / "AUDIO"; the message
     -> None."""
     message = f"{tiny_llava.name} is an image model: pass image=, not audio="
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         SmoothGuard(tiny_llava, num_copies=0).generate(PROMPT, audio=np.zeros(16))
 
 
-def test_generate_passes_the_query_id_to_the_noise(tiny_llava, image_file, pixel_inputs):
+def test_generate_passes_the_query_id_to_the_noise(tiny_llava, image_file, generate_calls):  # noqa: F811
     """generate: ``ids = [query_id]`` -> None, forced None or not passed on: the noise of ``query_id="q"``
     is the noise of ``generate_batch(ids=["q"])``, not of the content digest."""
     guard = SmoothGuard(tiny_llava, sigma=0.5, num_copies=2, vote="parsed", parser="yes-no")
     guard.generate(PROMPT, image=image_file, query_id="q", max_new_tokens=1)
     guard.generate_batch([PROMPT], [image_file], ids=["q"], max_new_tokens=1)
     guard.generate(PROMPT, image=image_file, max_new_tokens=1)
-    by_id, batch_by_id, by_content = pixel_inputs
+    by_id, batch_by_id, by_content = (call["pixel_values"] for call in generate_calls)
     assert torch.equal(by_id, batch_by_id)
     assert not torch.equal(by_id[1:], by_content[1:])  # the noisy copies differ; the clean input does not
 
@@ -169,10 +152,10 @@ def test_max_new_tokens_errors_name_it_and_one_is_allowed(tiny_llava, image_file
     "XX...XX" / upper case; the minimum -> 2."""
     guard = SmoothGuard(tiny_llava, sigma=0.1, num_copies=1)
     message = "max_new_tokens must be an integer >= 1, got 0"
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         guard.generate_batch([PROMPT], [image_file], max_new_tokens=0)
     queries = guard.prepare([PROMPT], [image_file])
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         guard.sample(queries, range(1), max_new_tokens=0)
     assert len(guard.sample(queries, range(1), clean=True, max_new_tokens=1)[0]) == 2
 
@@ -183,9 +166,9 @@ def test_prepare_messages_and_an_id_string_is_refused(tiny_llava, image_file):
     -> None."""
     guard = SmoothGuard(tiny_llava, num_copies=0)
     message = "generate_batch and prepare take a list of prompts; use generate() for one"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         guard.prepare(PROMPT, [image_file])
-    with pytest.raises(InputError, match=_exact("pass one id per prompt (1), or none")):
+    with pytest.raises(InputError, match=exact("pass one id per prompt (1), or none")):
         guard.prepare([PROMPT], [image_file], "q")
 
 
@@ -235,10 +218,10 @@ def test_embed_input_messages():
     from smoothguard.embed import _check_texts
 
     with pytest.raises(
-        ConfigError, match=_exact("embed() takes a sequence of strings, not a single string; wrap it in a list.")
+        ConfigError, match=exact("embed() takes a sequence of strings, not a single string; wrap it in a list.")
     ):
         _check_texts("a")
-    with pytest.raises(ConfigError, match=_exact("embed() takes strings only; got bytes, int.")):
+    with pytest.raises(ConfigError, match=exact("embed() takes strings only; got bytes, int.")):
         _check_texts(["a", 3, b"x"])
     assert embedder.name == "fixed-vectors"
 

@@ -3,21 +3,15 @@
 user's mistake must come back as one line that names the input and says what to do, so the messages
 are pinned whole here, with the expected values worked out by hand."""
 
-import re
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from PIL import Image
 
+from conftest import exact
 from smoothguard.errors import InputError
 from smoothguard.inputs import MAX_ASPECT_RATIO, load_audio, load_image, validate_prompt
-
-
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
-
 
 # images: labels and file kinds
 
@@ -26,7 +20,7 @@ def test_a_missing_or_empty_image_file_is_called_an_image(tmp_path):
     """load_image: ``check_file(..., kind="image")`` -> None / "XXimageXX" / "IMAGE"."""
     (tmp_path / "empty.png").write_bytes(b"")
     label = str(tmp_path / "empty.png")
-    with pytest.raises(InputError, match=_exact(f"{label}: file is empty (0 bytes); pass a complete image file")):
+    with pytest.raises(InputError, match=exact(f"{label}: file is empty (0 bytes); pass a complete image file")):
         load_image(tmp_path / "empty.png")
 
 
@@ -36,14 +30,14 @@ def test_a_pil_image_is_labelled_by_name_then_file_name_then_pil_image(tmp_path)
     "XX...XX" / lower case, the label -> None). A 1x1 image is refused, naming its label."""
     small = Image.new("RGB", (1, 1))
     tail = ": image is 1x1 pixels; images must be at least 2x2"
-    with pytest.raises(InputError, match=_exact("PIL image" + tail)):
+    with pytest.raises(InputError, match=exact("PIL image" + tail)):
         load_image(small)
-    with pytest.raises(InputError, match=_exact("mine" + tail)):
+    with pytest.raises(InputError, match=exact("mine" + tail)):
         load_image(small, name="mine")
     small.save(tmp_path / "dot.png")
     with (
         Image.open(tmp_path / "dot.png") as opened,
-        pytest.raises(InputError, match=_exact(f"{tmp_path / 'dot.png'}{tail}")),
+        pytest.raises(InputError, match=exact(f"{tmp_path / 'dot.png'}{tail}")),
     ):
         load_image(opened)
 
@@ -53,11 +47,11 @@ def test_a_float_gray_image_out_of_range_is_named(tmp_path):
     "divide 8-bit values by 255 (16-bit by 65535) first" (-> None / "XX...XX" / upper case)."""
     image = Image.fromarray(np.array([[0.5, 2.0], [0.0, 1.0]], dtype=np.float32), mode="F")
     message = "bright: values out of [0, 1] (min 0, max 2); divide 8-bit values by 255 (16-bit by 65535) first"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_image(image, name="bright")
-    with pytest.raises(InputError, match=_exact(message.replace("bright", "t"))):
+    with pytest.raises(InputError, match=exact(message.replace("bright", "t"))):
         load_image(torch.full((3, 2, 2), 2.0).index_fill_(1, torch.tensor([0]), 0.0), name="t")
-    with pytest.raises(InputError, match=_exact(message.replace("bright", "a"))):
+    with pytest.raises(InputError, match=exact(message.replace("bright", "a"))):
         load_image(np.array([[0.0, 2.0], [0.5, 0.5]]), name="a")
 
 
@@ -85,20 +79,20 @@ def test_shape_messages_in_full():
     """_drop_batch_of_one's "pass one image per call", _channels_first's expected-layout texts (array and
     tensor) and its ambiguity hint -> None / "XX...XX" / lower or upper case."""
     with pytest.raises(
-        InputError, match=_exact("b: got a batch of 2 images (shape (2, 3, 4, 4)); pass one image per call")
+        InputError, match=exact("b: got a batch of 2 images (shape (2, 3, 4, 4)); pass one image per call")
     ):
         load_image(np.zeros((2, 3, 4, 4), np.uint8), name="b")
     layout = "expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) (one image per call)"
-    with pytest.raises(InputError, match=_exact(f"a: shape (5, 4, 6) is not an image; {layout}")):
+    with pytest.raises(InputError, match=exact(f"a: shape (5, 4, 6) is not an image; {layout}")):
         load_image(np.zeros((5, 4, 6), np.uint8), name="a")
     tensor = "expected a channel-first tensor [C, H, W] with C in (1, 3, 4); use .permute(2, 0, 1) (one image per call)"
-    with pytest.raises(InputError, match=_exact(f"t: shape (5, 4, 3) is not an image; {tensor}")):
+    with pytest.raises(InputError, match=exact(f"t: shape (5, 4, 3) is not an image; {tensor}")):
         load_image(torch.zeros(5, 4, 3), name="t")
     ambiguous = (
         "a: array shape (3, 4, 3) is ambiguous (H x W x C or C x H x W); "
         "pass it as a channel-first torch tensor or a PIL image"
     )
-    with pytest.raises(InputError, match=_exact(ambiguous)):
+    with pytest.raises(InputError, match=exact(ambiguous)):
         load_image(np.zeros((3, 4, 3), np.uint8), name="a")
 
 
@@ -111,7 +105,7 @@ def test_aspect_ratio_limit_allows_exactly_its_value():
         "w: image is 402x2 pixels, an aspect ratio over 200:1; crop or pad it "
         "(resizing its short side to the model's input would make it enormous)"
     )
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_image(np.zeros((2, 402), np.uint8), name="w")
 
 
@@ -128,7 +122,7 @@ def test_signed_integer_pixels_are_refused_with_the_supported_dtypes():
     """_unit_pixels: ``kind == "u" and itemsize <= 2`` -> ``or`` (int16 pixels would be divided by 32767);
     the message -> "XX...XX" / upper case."""
     message = "i: unsupported pixel dtype int16; use uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_image(np.zeros((2, 2), np.int16), name="i")
 
 
@@ -140,18 +134,18 @@ def test_audio_default_duration_limit_is_600_seconds():
     refused; the message's hint (-> "XX...XX" / upper case)."""
     assert load_audio(np.zeros(6000, np.float32), sampling_rate=10).shape == (6000,)
     message = "audio: 600.1 s of audio, over the limit of 600 s (max_seconds); trim it or raise max_seconds"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_audio(np.zeros(6001, np.float32), sampling_rate=10)
 
 
 def test_audio_rate_and_type_messages():
     """load_audio: the "sampling_rate" label (-> "XX...XX"), the default "audio" label (-> "XX...XX" /
     "AUDIO"), the unsupported-type hint; _checked_rate: ``rate <= 0`` -> ``<= 1`` (1 Hz is a rate)."""
-    with pytest.raises(InputError, match=_exact("sampling_rate: expected a positive integer number of Hz, got 0")):
+    with pytest.raises(InputError, match=exact("sampling_rate: expected a positive integer number of Hz, got 0")):
         load_audio(np.zeros(4, np.float32), sampling_rate=0)
     assert load_audio(np.zeros(4, np.float32), sampling_rate=1).shape == (4,)
     message = "audio: unsupported type list; pass a file path, a numpy array, a torch tensor or (waveform, rate)"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_audio(([0.0, 0.1], 8000), sampling_rate=8000)
 
 
@@ -159,7 +153,7 @@ def test_a_missing_audio_file_is_called_an_audio_file(tmp_path):
     """_read_audio_file: ``check_file(..., kind="audio")`` -> None / "XXaudioXX" / "AUDIO"."""
     (tmp_path / "empty.wav").write_bytes(b"")
     label = str(tmp_path / "empty.wav")
-    with pytest.raises(InputError, match=_exact(f"{label}: file is empty (0 bytes); pass a complete audio file")):
+    with pytest.raises(InputError, match=exact(f"{label}: file is empty (0 bytes); pass a complete audio file")):
         load_audio(tmp_path / "empty.wav", sampling_rate=8000)
 
 
@@ -174,13 +168,13 @@ def test_eight_channels_on_either_axis_are_channels(shape, axis):
 def test_audio_layout_and_range_messages():
     """_audio_channel_axis's "is ambiguous" (-> "XX...XX") and _unit_samples' fix text (-> "XX...XX")."""
     message = "w: waveform shape (4, 4) is ambiguous; pass [C, T] or [T, C] with C <= 8 and more samples than channels"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_audio(np.zeros((4, 4), np.float32), sampling_rate=8000, name="w")
     message = (
         "w: values out of [-1, 1] (min 0, max 2); "
         "normalise the waveform to [-1, 1] (e.g. divide int16 samples by 32768)"
     )
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_audio(np.array([0.0, 2.0], np.float32), sampling_rate=8000, name="w")
 
 
@@ -204,7 +198,7 @@ def test_a_grad_tensor_that_needs_resampling_is_named():
     """load_audio -> _resample: the label passed on (-> None)."""
     wave = torch.zeros(800, requires_grad=True)
     message = "clip: cannot resample a tensor that requires grad (8000 -> 16000 Hz); pass it at 16000 Hz"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         load_audio((wave, 8000), sampling_rate=16000, name="clip")
 
 
@@ -222,7 +216,7 @@ def test_prompt_default_length_limit_is_32000_characters():
     """validate_prompt: ``max_chars=32_000`` -> 32001: 32,000 characters pass, 32,001 are refused."""
     assert len(validate_prompt("a" * 32_000)) == 32_000
     with pytest.raises(
-        InputError, match=_exact("prompt: 32,001 characters, over the limit of 32,000 (max_chars); shorten it")
+        InputError, match=exact("prompt: 32,001 characters, over the limit of 32,000 (max_chars); shorten it")
     ):
         validate_prompt("a" * 32_001)
 
@@ -230,5 +224,5 @@ def test_prompt_default_length_limit_is_32000_characters():
 def test_undecodable_prompt_message_names_the_character():
     """validate_prompt: the UTF-8 error message -> None."""
     message = "prompt: is not valid UTF-8 text (undecodable byte at character 2); pass UTF-8"
-    with pytest.raises(InputError, match=_exact(message)):
+    with pytest.raises(InputError, match=exact(message)):
         validate_prompt("ab\udcff")

@@ -3,21 +3,16 @@
 out by hand, or (for the guard model's raw output) by running the saved model directly on the exchange
 rendered by hand from its chat template."""
 
-import re
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import exact
 from eval_support import openai_endpoint, save_tiny_guard
 from smoothguard.errors import ConfigError
 from smoothguard.eval import JudgeOptions, OpenAIJudge, RefusalJudge, SafetyCase, make_judge
 from smoothguard.eval.judges import _JUDGES as REGISTRY
 from smoothguard.eval.judges import ComplianceJudge, GuardModelJudge, SafetyJudge, Verdict, judge_names
-
-
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def _cases(*pairs: tuple[str, str]) -> list[SafetyCase]:
@@ -135,7 +130,7 @@ def test_guard_model_without_a_chat_template_says_so(tmp_path):
     tokenizer.save_pretrained(folder)
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     message = f"guard model {folder.resolve()} has no chat template; Llama Guard folders ship one"
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         GuardModelJudge(folder, device="cpu").judge(_cases(("q", "a")))
 
 
@@ -156,10 +151,10 @@ def test_guard_model_error_messages_in_full(tmp_path):
         f"guard model {tmp_path} is not a local model folder with a config.json "
         "(download e.g. meta-llama/Llama-Guard-3-8B and pass its folder to --judge-model)"
     )
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         GuardModelJudge(tmp_path)
     message = "the guard-model judge needs --judge-model FOLDER (a Llama-Guard-style model folder)"
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         make_judge("guard-model")
 
 
@@ -185,7 +180,7 @@ def test_openai_judge_defaults(monkeypatch):
         "the openai judge reads its API key from $OPENAI_API_KEY, which is not set; "
         "export it, or pass --judge-key-env '' for an endpoint that needs no key"
     )
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         OpenAIJudge("http://127.0.0.1:1/v1", "m")
 
 
@@ -205,7 +200,7 @@ def test_openai_judge_limits_at_their_boundaries(retries, timeout, backoff, refu
     options = {"key_env": None, "retries": retries, "timeout": timeout, "backoff": backoff}
     if refused:
         with pytest.raises(
-            ConfigError, match=_exact("the openai judge needs retries >= 0, timeout > 0 and backoff >= 0")
+            ConfigError, match=exact("the openai judge needs retries >= 0, timeout > 0 and backoff >= 0")
         ):
             OpenAIJudge("http://127.0.0.1:1/v1", "m", **options)
     else:
@@ -217,11 +212,9 @@ def test_openai_judge_limits_at_their_boundaries(retries, timeout, backoff, refu
 def test_openai_judge_model_message_in_full():
     """OpenAIJudge.__init__: the missing-model message -> "XX...XX"; _openai's missing-URL message too."""
     message = "the openai judge needs --judge-model (the endpoint's model name, e.g. gpt-4o)"
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=exact(message)):
         OpenAIJudge("http://127.0.0.1:1/v1", "", key_env=None)
-    with pytest.raises(
-        ConfigError, match=_exact("the openai judge needs --judge-url (e.g. https://api.openai.com/v1)")
-    ):
+    with pytest.raises(ConfigError, match=exact("the openai judge needs --judge-url (e.g. https://api.openai.com/v1)")):
         make_judge("openai", JudgeOptions(model="m"))
 
 
@@ -257,7 +250,7 @@ def test_openai_from_options_passes_model_and_key_env(monkeypatch):
 def test_unknown_judge_lists_the_names_comma_separated():
     """make_judge: ``", ".join(...)`` -> ``"XX, XX".join(...)``."""
     with pytest.raises(
-        ConfigError, match=_exact("unknown judge 'oracle'; choose one of complied, guard-model, openai, refusal")
+        ConfigError, match=exact("unknown judge 'oracle'; choose one of complied, guard-model, openai, refusal")
     ):
         make_judge("oracle")
 
