@@ -45,12 +45,19 @@ PROMPT = "Is there a red circle in the image? Answer yes or no."
 AUDIO_PROMPT = "What do you hear? Answer in one word."
 
 
+def rendered_prompt(adapter, prompt: str, waveform) -> str:
+    """``prompt`` after the clip ``waveform`` in the processor's chat template (the clip itself, not a stand-in)."""
+    content = [{"type": "audio", "audio": waveform}, {"type": "text", "text": prompt}]
+    conversation = [{"role": "user", "content": content}]
+    return adapter.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
 def reference_prompt_text(adapter, prompt: str, medium: torch.Tensor) -> dict[str, torch.Tensor]:
     """The processor path ``prompt_text`` took before issue 11 (image and audio adapters)."""
     if adapter.modality == "audio":
         waveform = medium.detach().float().cpu().numpy()
         encoded = adapter.processor(
-            text=adapter.chat_prompt(adapter.checked_prompt(prompt), waveform),
+            text=rendered_prompt(adapter, adapter.checked_prompt(prompt), waveform),
             audio=waveform,
             sampling_rate=adapter.sampling_rate,
             return_tensors="pt",

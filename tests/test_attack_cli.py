@@ -63,6 +63,8 @@ def test_rerun_resumes_from_the_checkpoint(capsys, tiny_llava_dir, image_file, t
         str(out),
         "--checkpoint-every",
         "2",
+        "--schedule",
+        "constant",  # a cosine schedule depends on --steps: only a constant one can be extended
         "--no-early-stop",
         "--max-new-tokens",
         "2",
@@ -82,6 +84,8 @@ def test_rerun_resumes_from_the_checkpoint(capsys, tiny_llava_dir, image_file, t
         str(fresh_out),
         "--steps",
         "4",
+        "--schedule",
+        "constant",
         "--no-early-stop",
         "--max-new-tokens",
         "2",
@@ -146,7 +150,13 @@ def test_untargeted_and_eot(capsys, tiny_llava_dir, image_file):
     outcome = json.loads(stdout)
     assert code == 0
     assert outcome["config"]["objective"]["kind"] == "untargeted"
-    assert outcome["config"]["eot"] == {"samples": 2, "sigma": 0.05, "noise_space": "pixel", "clamp": True}
+    assert outcome["config"]["eot"] == {
+        "samples": 2,
+        "clean": True,
+        "sigma": 0.05,
+        "noise_space": "pixel",
+        "clamp": True,
+    }
 
 
 def test_adaptive_attack_through_the_purifier(capsys, tiny_llava_dir, image_file):

@@ -6,6 +6,7 @@ untargeted attacks, resuming from checkpoints, EOT through SmoothGuard's noise, 
 argument errors. Every model is built once per module and loaded through ``load_model(folder)``.
 """
 
+import contextlib
 import json
 from dataclasses import dataclass
 from itertools import pairwise
@@ -124,7 +125,7 @@ def ce(model, medium, targets):
     """Teacher-forced CE of each target for ``medium`` (no grad), [K]."""
     with torch.no_grad():
         text = model.prompt_text(PROMPT, medium)
-        return target_losses(model, text, model.preprocess(medium.unsqueeze(0)), list(targets))
+        return target_losses(model, PROMPT, text, model.preprocess(medium.unsqueeze(0)), list(targets))
 
 
 def on_grid(image):
@@ -172,7 +173,7 @@ def test_target_loss_is_lower_for_the_greedy_answer(model):
 def test_gradients_reach_the_medium(model):
     x = medium_of(model).requires_grad_(True)
     text = model.prompt_text(PROMPT, x.detach())
-    loss = target_losses(model, text, model.preprocess(x.unsqueeze(0)), list(TARGETS)).mean()
+    loss = target_losses(model, PROMPT, text, model.preprocess(x.unsqueeze(0)), list(TARGETS)).mean()
     (grad,) = torch.autograd.grad(loss, x)
     assert grad.shape == x.shape
     assert torch.isfinite(grad).all()
@@ -185,8 +186,8 @@ def test_several_media_in_one_batch_give_each_medium_its_own_losses(model):
     x = medium_of(model)
     text = model.prompt_text(PROMPT, x)
     media = [model.preprocess(x.unsqueeze(0)), model.preprocess((x * 0.5).unsqueeze(0))]
-    together = target_losses(model, text, media, list(TARGETS))
-    alone = torch.cat([target_losses(model, text, m, list(TARGETS)) for m in media])
+    together = target_losses(model, PROMPT, text, media, list(TARGETS))
+    alone = torch.cat([target_losses(model, PROMPT, text, m, list(TARGETS)) for m in media])
     assert together.shape == (2 * len(TARGETS),) and torch.allclose(together, alone, atol=1e-5)
     assert not torch.allclose(alone[: len(TARGETS)], alone[len(TARGETS) :])  # the two media differ
 
@@ -316,10 +317,10 @@ class InterruptAt:
     inner: TargetObjective
     step: int
 
-    def __call__(self, adapter, text, media, step):
+    def __call__(self, adapter, prompt, text, media, step):
         if step == self.step:
             raise Interrupted
-        return self.inner(adapter, text, media, step)
+        return self.inner(adapter, prompt, text, media, step)
 
     def describe(self):
         return self.inner.describe()
@@ -360,10 +361,20 @@ def test_resumed_run_equals_an_uninterrupted_one(zoo, tmp_path, family, with_eot
     again = attack(6)(model, x, PROMPT, objective, checkpoint=path, max_new_tokens=2)
     assert torch.equal(again.adversarial, straight.adversarial) and again.losses == straight.losses
 
-    # Stopping at k steps then extending to N is the same as N steps.
+    # Under the cosine schedule the step sizes depend on the steps: a 2-step run cannot be extended to 6.
     path2 = tmp_path / "ck2.safetensors"
     attack(2)(model, x, PROMPT, objective, checkpoint=path2, max_new_tokens=2)
-    extended = attack(6)(model, x, PROMPT, objective, checkpoint=path2, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="belongs to another run"):
+        attack(6)(model, x, PROMPT, objective, checkpoint=path2, max_new_tokens=2)
+
+    # With a constant step, stopping at k steps then extending to N is the same as N steps.
+    def constant(steps):
+        return attack_of(model, steps=steps, seed=3, checkpoint_every=2, eot=eot, schedule="constant")
+
+    straight = constant(6)(model, x, PROMPT, objective, max_new_tokens=2)
+    path3 = tmp_path / "ck3.safetensors"
+    constant(2)(model, x, PROMPT, objective, checkpoint=path3, max_new_tokens=2)
+    extended = constant(6)(model, x, PROMPT, objective, checkpoint=path3, max_new_tokens=2)
     assert torch.equal(extended.adversarial, straight.adversarial) and extended.losses == straight.losses
 
 
@@ -414,9 +425,10 @@ def test_checkpoint_of_another_run_is_refused(zoo, tmp_path, change):
 def test_checkpoint_with_more_steps_than_asked_is_refused(llava, tmp_path):
     path = tmp_path / "ck.safetensors"
     x, objective = make_image(), TargetObjective.of(TARGET)
-    PGD(steps=3, early_stop=False, progress=False)(llava, x, PROMPT, objective, checkpoint=path, max_new_tokens=2)
-    with pytest.raises(ConfigError, match="steps"):
-        PGD(steps=2, early_stop=False, progress=False)(llava, x, PROMPT, objective, checkpoint=path, max_new_tokens=2)
+    for steps, refused in ((3, None), (2, "already ran 3 steps")):
+        attack = PGD(steps=steps, schedule="constant", early_stop=False, progress=False)
+        with pytest.raises(ConfigError, match=refused) if refused else contextlib.nullcontext():
+            attack(llava, x, PROMPT, objective, checkpoint=path, max_new_tokens=2)
 
 
 def _valid_checkpoint_bytes(llava, folder):
@@ -468,14 +480,16 @@ def test_eot_draws_fresh_noise_per_sample_and_step(zoo, minilm, family, space):
     guard = SmoothGuard(model, sigma=sigma, noise_space=space, embedder=minilm)
     eot = EOT.from_guard(guard, samples=2)
     assert eot.noise == guard.noise
-    assert eot.describe() == {"samples": 2, "sigma": sigma, "noise_space": space, "clamp": True}
+    assert eot.describe() == {"samples": 2, "clean": True, "sigma": sigma, "noise_space": space, "clamp": True}
     x = medium_of(model)
     key = model.normalized_key if model.modality == "image" else "input_features"
     clean = model.preprocess(x.unsqueeze(0))
 
     step0, step0_again = eot.media(model, x, 0, 0), eot.media(model, x, 0, 0)
     step1, other_seed = eot.media(model, x, 0, 1), eot.media(model, x, 1, 0)
-    assert len(step0) == len(step1) == 2
+    assert len(step0) == len(step1) == 3  # 2 noisy copies, then the clean candidate the vote also sees
+    for media, clean_one in ((step0[2], clean), (step1[2], clean)):
+        assert all(torch.equal(media[name], clean_one[name]) for name in clean_one)
     for media, again in zip(step0, step0_again, strict=True):
         assert media.keys() == clean.keys()
         for name in media:
@@ -523,10 +537,63 @@ def test_eot_changes_the_attack(llava, minilm, space):
     assert not torch.equal(adaptive.adversarial, plain.adversarial)
     assert adaptive.losses != plain.losses
     assert torch.equal(again.adversarial, adaptive.adversarial) and again.losses == adaptive.losses
-    assert adaptive.config["eot"] == {"samples": 2, "sigma": 0.1, "noise_space": space, "clamp": True}
+    assert adaptive.config["eot"] == {"samples": 2, "clean": True, "sigma": 0.1, "noise_space": space, "clamp": True}
     assert plain.config["eot"] is None
     assert grid_linf(adaptive.adversarial, x) <= 16 and on_grid(adaptive.adversarial)
     assert adaptive.losses[-1] < adaptive.losses[0]
+
+
+# ------------------------------------------------- step schedule, best iterate, restarts (issue 21)
+
+
+def test_cosine_schedule_decays_the_step_from_alpha_to_zero():
+    """step_size: ``alpha`` in 1/255 at step 0, half of it halfway, a quarter of the way down at 3/4 ...;
+    constant: ``alpha`` at every step."""
+    attack = PGD(alpha=4, steps=8, schedule="cosine", progress=False)
+    sizes = [attack.step_size(step) * 255 for step in range(8)]
+    assert sizes[0] == pytest.approx(4) and sizes[4] == pytest.approx(2) and sizes[6] == pytest.approx(4 * 0.1464, 1e-3)
+    assert all(b < a for a, b in pairwise(sizes))
+    assert PGD(alpha=4, steps=8, schedule="constant").step_size(7) * 255 == pytest.approx(4)
+
+
+def test_the_lowest_loss_iterate_is_kept_not_the_last(llava):
+    """With a step far too large (a constant 24/255 inside eps 32, on the 8-bit grid so the kept iterate is
+    saved unchanged), the loss jumps about; the result is the iterate of the lowest loss seen, at its step:
+    its loss (``end_loss``, recomputed on the saved image) equals that minimum, below the last iterate's."""
+    x, objective = make_image(), TargetObjective.of(TARGET)
+    attack = PGD(eps=32, alpha=24, steps=8, schedule="constant", random_start=False, early_stop=False, progress=False)
+    result = attack(llava, x, PROMPT, objective, max_new_tokens=2)
+    best = min(range(len(result.losses)), key=result.losses.__getitem__)
+    assert result.best_step == best and result.best_loss == result.losses[best]
+    assert result.end_loss == pytest.approx(result.best_loss, abs=1e-5)
+    assert best != len(result.losses) - 1 and result.losses[-1] > result.best_loss  # the last was not the best
+    assert (result.restart, result.restart_best_losses) == (0, [result.best_loss])
+
+
+def test_restarts_keep_the_run_of_the_lowest_loss_and_restart_zero_is_the_plain_run(llava, tmp_path):
+    x, objective = make_image(), TargetObjective.of(TARGET)
+
+    def attack(restarts):
+        return PGD(eps=16, alpha=4, steps=3, restarts=restarts, early_stop=False, seed=5, progress=False)
+
+    single = attack(1)(llava, x, PROMPT, objective, max_new_tokens=2)
+    several = attack(3)(llava, x, PROMPT, objective, checkpoint=tmp_path / "ck.safetensors", max_new_tokens=2)
+    assert len(several.restart_best_losses) == 3 and len(set(several.restart_best_losses)) == 3  # other starts
+    assert several.restart_best_losses[0] == single.best_loss  # restart 0 is the run without restarts
+    assert several.best_loss == min(several.restart_best_losses)
+    assert several.restart == several.restart_best_losses.index(several.best_loss)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.r1.safetensors", "ck.r2.safetensors", "ck.safetensors"]
+    resumed = attack(3)(llava, x, PROMPT, objective, checkpoint=tmp_path / "ck.safetensors", max_new_tokens=2)
+    assert torch.equal(resumed.adversarial, several.adversarial) and resumed.losses == several.losses
+
+
+def test_an_early_stopped_run_keeps_the_iterate_that_reached_the_target_and_ends_the_restarts(llava):
+    x = make_image()
+    target = llava.generate([llava.encode(PROMPT, x)], max_new_tokens=6)[0]
+    attack = PGD(eps=1, alpha=0.2, steps=4, restarts=3, random_start=False, check_every=1, progress=False)
+    result = attack(llava, x, PROMPT, TargetObjective.of(target), max_new_tokens=6)
+    assert result.target_generated is True and result.steps == 1 and result.best_step == 1
+    assert len(result.restart_best_losses) == 1  # no further restart once the target appeared
 
 
 # ---------------------------------------------------------------------------------- early stop

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smoothguard.attacks import PGD, WaveformPGD
-from smoothguard.attacks.pgd import _check_range, target_generated
+from smoothguard.attacks.pgd import _check_range, _Run, target_generated
 from smoothguard.errors import InputError
 
 U = 1 / 255
@@ -26,7 +26,7 @@ def test_linf_step_moves_every_value_by_alpha_against_the_gradient_sign():
     """_step (L-inf): ``x - alpha * grad.sign()``; alpha in 1/255 units (``* unit`` dropped or
     ``/``); the sign flipped; a zero gradient leaves the value alone."""
     x = torch.full((3,), 0.5)
-    stepped = _pgd(alpha=2)._step(x, torch.tensor([3.0, -0.001, 0.0]))
+    stepped = _pgd(alpha=2)._step(x, torch.tensor([3.0, -0.001, 0.0]), 0)
     assert torch.allclose(stepped, torch.tensor([0.5 - 2 * U, 0.5 + 2 * U, 0.5]))
 
 
@@ -34,9 +34,9 @@ def test_l2_step_has_length_alpha_along_the_gradient():
     """_step (L2): ``x - alpha * grad / ||grad||``: a (3, 4) gradient moves by alpha * (0.6, 0.8); a zero
     gradient (norm clamped at 1e-12, not 0) moves nothing and makes no NaN."""
     attack = _pgd(alpha=5, norm="l2")
-    stepped = attack._step(torch.zeros(2), torch.tensor([3.0, 4.0]))
+    stepped = attack._step(torch.zeros(2), torch.tensor([3.0, 4.0]), 0)
     assert torch.allclose(stepped, torch.tensor([-5 * U * 0.6, -5 * U * 0.8]))
-    assert torch.equal(attack._step(torch.ones(2), torch.zeros(2)), torch.ones(2))
+    assert torch.equal(attack._step(torch.ones(2), torch.zeros(2), 0), torch.ones(2))
 
 
 # projection
@@ -77,11 +77,17 @@ def test_unconstrained_projection_only_clamps_to_the_range():
 # the start
 
 
+def start(attack, x0):
+    """``attack._start`` of a fresh run (no checkpoint, restart 0, the attack's seed): its iterate and losses."""
+    run = attack._start(x0, {}, None, 0, attack.seed)
+    return run.x, run.losses
+
+
 def test_start_without_random_start_is_a_copy_of_the_input():
     """_start: ``random_start=False`` returns ``x0.clone()`` (not ``x0`` itself, which the steps would
     then change in place) and no losses."""
     x0 = torch.full((3, 2, 2), 0.5)
-    x, losses = _pgd(random_start=False)._start(x0, {}, None)
+    x, losses = start(_pgd(random_start=False), x0)
     assert torch.equal(x, x0) and x is not x0 and losses == []
 
 
@@ -90,7 +96,7 @@ def test_linf_random_start_is_the_seeded_uniform_draw_in_the_ball():
     stream=3)`` = seed * 1,000,003 + 3; the ``* 2 - 1`` (changed: a one-sided start), the stream or the
     seed changed; then projected."""
     x0 = torch.full((3, 4, 4), 0.5)
-    x, _ = _pgd(eps=16, seed=7)._start(x0, {}, None)
+    x, _ = start(_pgd(eps=16, seed=7), x0)
     generator = torch.Generator().manual_seed(7 * 1_000_003 + 3)
     expected = 0.5 + 16 * U * (torch.rand(x0.shape, generator=generator) * 2 - 1)
     assert torch.allclose(x, expected)
@@ -101,7 +107,7 @@ def test_l2_random_start_has_a_random_radius_within_eps():
     """_start (L2): the uniform draw is normalised to the unit sphere and scaled by a second uniform
     draw from the same generator, then by eps: its length is eps * that draw."""
     x0 = torch.full((3, 4, 4), 0.5)
-    x, _ = _pgd(eps=16, norm="l2", seed=2)._start(x0, {}, None)
+    x, _ = start(_pgd(eps=16, norm="l2", seed=2), x0)
     generator = torch.Generator().manual_seed(2 * 1_000_003 + 3)
     direction = torch.rand(x0.shape, generator=generator) * 2 - 1
     radius = torch.rand((), generator=generator)
@@ -116,9 +122,9 @@ def test_unconstrained_random_start_is_uniform_over_the_range():
     x0 = torch.zeros(1000)
     generator = torch.Generator().manual_seed(3)  # seed 0: step_seed(0, 0, stream=3) = 3
     draw = torch.rand(x0.shape, generator=generator)
-    pixels, _ = _pgd(eps=None)._start(x0, {}, None)
+    pixels, _ = start(_pgd(eps=None), x0)
     assert torch.equal(pixels, draw)
-    wave, _ = WaveformPGD(eps=None, progress=False, early_stop=False)._start(x0, {}, None)
+    wave, _ = start(WaveformPGD(eps=None, progress=False, early_stop=False), x0)
     assert torch.allclose(wave, -1 + 2 * draw)
 
 
@@ -256,7 +262,7 @@ def test_l2_finalize_keeps_values_in_the_pixel_range():
 def test_l2_step_normalises_a_short_gradient_too():
     """_step (L2): ``grad.norm().clamp_min(1e-12)`` -> ``clamp_min(1.000000000001)``: a gradient of length
     0.5 must still give a step of length alpha."""
-    stepped = _pgd(alpha=5, norm="l2")._step(torch.zeros(2), torch.tensor([0.3, 0.4]))
+    stepped = _pgd(alpha=5, norm="l2")._step(torch.zeros(2), torch.tensor([0.3, 0.4]), 0)
     assert torch.allclose(stepped, torch.tensor([-5 * U * 0.6, -5 * U * 0.8]))
 
 
@@ -264,7 +270,7 @@ def test_l2_random_start_of_one_value_is_on_its_unit_sphere_times_the_radius():
     """_start (L2): ``noise.norm().clamp_min(1e-12)`` -> ``clamp_min(1.000000000001)``: a one-value medium's
     draw has length below 1 and must still be normalised (to +-1) before the radius scales it."""
     x0 = torch.tensor([0.5])
-    x, _ = _pgd(eps=16, norm="l2", seed=0)._start(x0, {}, None)
+    x, _ = start(_pgd(eps=16, norm="l2", seed=0), x0)
     generator = torch.Generator().manual_seed(3)
     draw = torch.rand(1, generator=generator) * 2 - 1
     radius = torch.rand((), generator=generator)
@@ -273,12 +279,14 @@ def test_l2_random_start_of_one_value_is_on_its_unit_sphere_times_the_radius():
 
 
 def test_start_resumes_from_an_existing_checkpoint(tmp_path):
-    """_start: with a checkpoint file there, ``_load_checkpoint(Path(checkpoint), x0, run_config)`` (any
-    argument -> None or dropped, ``Path(None)``): the saved input and losses come back."""
+    """_start: with a checkpoint file there, ``_load_checkpoint(checkpoint, x0, run_config, restart)`` (any
+    argument -> None or dropped): the saved iterate, the kept best one and the losses come back."""
     attack = _pgd(eps=8)
     x0 = torch.full((3, 2, 2), 0.5)
-    saved = x0 + 4 * U
+    saved, best = x0 + 4 * U, x0 - 2 * U
     run_config = {**attack.config(), "prompts": ["p"]}
-    attack._save_checkpoint(tmp_path / "run.safetensors", saved, x0, [2.5, 1.5], run_config)
-    x, losses = attack._start(x0, run_config, str(tmp_path / "run.safetensors"))
-    assert torch.equal(x, saved) and losses == [2.5, 1.5]
+    done = _Run(best, [2.5, 1.5], best_loss=1.5, best_step=1)
+    attack._save_checkpoint(tmp_path / "run.safetensors", saved, x0, done, run_config, 0)
+    run = attack._start(x0, run_config, tmp_path / "run.safetensors", 0, 0)
+    assert torch.equal(run.resume_from, saved) and torch.equal(run.x, best)
+    assert run.losses == [2.5, 1.5] and run.best_step == 1 and run.best_loss == 1.5 and not run.reached

@@ -141,11 +141,33 @@ def test_eot_gradient_runs_through_noise_and_purifier(tiny_llava, minilm):
     eot = EOT.from_guard(SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.1), samples=2)
     eot.media(tiny_llava, pixels, seed=0, step=0)
     eot.media(tiny_llava, pixels, seed=0, step=1)
-    step0, step1 = recorder.calls[0][0], recorder.calls[1][0]
+    # Per step: the noisy copies, then the clean candidate, each through the purifier.
+    (step0, _), (clean0, _), (step1, _), (clean1, _) = recorder.calls
     assert step0.shape[0] == 2 and not torch.equal(step0, step1)
-    assert eot.describe()["purifier"] == {"name": "recorder"}
+    assert torch.equal(clean0, pixels.unsqueeze(0)) and torch.equal(clean1, clean0)  # no noise on the clean one
+    assert eot.describe()["purifier"] == {"name": "recorder"} and eot.describe()["purify_clean"] is True
     with pytest.raises(ConfigError, match="needs pixel noise"):
         EOT(SmoothGuard(tiny_llava, embedder=minilm).noise, 2, recorder)
+
+
+def test_eot_sees_the_clean_candidate_as_the_guard_votes_over_it(tiny_llava, minilm):
+    """EOT.from_guard adds the clean input after the noisy copies: through the purifier, told the guard's
+    sigma, exactly as ``guard.purified_clean`` makes it (and preprocessed as the guard does); unpurified
+    when the guard does not purify its clean candidate; absent with ``clean=False``."""
+    pixels = 0.3 + 0.4 * torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(0))
+    recorder = Recorder()
+    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.2, num_copies=2)
+    media = EOT.from_guard(guard, samples=2).media(tiny_llava, pixels, seed=0, step=0)
+    assert len(media) == 3 and recorder.calls[-1][1] == 0.2
+    expected = tiny_llava.preprocess(guard.purified_clean(pixels))
+    assert torch.equal(media[2]["pixel_values"], expected["pixel_values"])
+    unpurified = guard.replace(purify_clean=False)
+    media = EOT.from_guard(unpurified, samples=2).media(tiny_llava, pixels, seed=0, step=0)
+    assert torch.equal(media[2]["pixel_values"], tiny_llava.preprocess(pixels.unsqueeze(0))["pixel_values"])
+    assert EOT.from_guard(unpurified, samples=2).describe()["purify_clean"] is False
+    alone = EOT(guard.noise, 2, recorder, clean=False)
+    assert len(alone.media(tiny_llava, pixels, seed=0, step=0)) == alone.candidates == 2
+    assert EOT.from_guard(guard, samples=2).candidates == 3
 
 
 def test_vote_counts_majority_and_ties():

@@ -27,10 +27,17 @@ def make_clip(seconds: float, seed: int = 0, amplitude: float = 0.5) -> torch.Te
     return torch.from_numpy((amplitude * wave).astype(np.float32))
 
 
+def rendered_prompt(adapter, prompt: str, waveform) -> str:
+    """``prompt`` after the clip ``waveform`` in the processor's chat template (the clip itself, not a stand-in)."""
+    content = [{"type": "audio", "audio": waveform}, {"type": "text", "text": prompt}]
+    conversation = [{"role": "user", "content": content}]
+    return adapter.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
 def processor_features(adapter: QwenAudioAdapter, clip: torch.Tensor) -> dict[str, torch.Tensor]:
     waveform = clip.numpy()
     return adapter.processor(
-        text=adapter.chat_prompt("hi", waveform),
+        text=rendered_prompt(adapter, "hi", waveform),
         audio=waveform,
         sampling_rate=SAMPLING_RATE,
         return_tensors="pt",
@@ -126,7 +133,7 @@ def processor_text(adapter: QwenAudioAdapter, prompt: str, clip: torch.Tensor) -
     """The reference: the HF processor on the full waveform (what ``prompt_text`` used to run)."""
     waveform = clip.numpy()
     encoded = adapter.processor(
-        text=adapter.chat_prompt(adapter.checked_prompt(prompt), waveform),
+        text=rendered_prompt(adapter, adapter.checked_prompt(prompt), waveform),
         audio=waveform,
         sampling_rate=SAMPLING_RATE,
         return_tensors="pt",

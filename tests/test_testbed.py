@@ -254,6 +254,29 @@ def test_shipped_checkpoint_answers_held_out_items(testbed):
     assert testbed.generate(queries, max_new_tokens=12) == [answer for _, _, answer in cases]
 
 
+def test_a_per_request_attack_makes_the_undefended_testbed_emit_exactly_the_targets_ids(testbed):
+    """Issue 21's regression, end to end: PGD at eps 16 on a clean scene drives the testbed's greedy output to
+    the target's in-context ids (leading space and EOS included), token for token, as ``generate`` slices
+    them; the loss converges (the bug's first-token term kept it above 1.5); the old, alone-tokenised ids
+    differ (here "enter" alone vs "Ġ" + "enter" after the prompt), so teacher-forcing them could not have
+    produced this output."""
+    from smoothguard.attacks import PGD, TargetObjective
+
+    request = HELD_OUT_REQUESTS[3]
+    target = RESTRICTED[request]
+    clean = scene_pixels(sample_scene(HELD_OUT_START + 123, badge=False))
+    attack = PGD(eps=16, alpha=2, steps=20, early_stop=False, progress=False)
+    result = attack(testbed, clean, request, TargetObjective.of(target), max_new_tokens=16)
+    assert result.best_loss < 0.1 and result.end_loss < 0.1 and result.start_loss > 0.5
+    batch = testbed.collate([testbed.encode(request, result.adversarial)])
+    generated = testbed.model.generate(**batch, do_sample=False, max_new_tokens=16)[0, batch["input_ids"].shape[1] :]
+    emitted = generated.tolist()[: generated.tolist().index(testbed.tokenizer.eos_token_id) + 1]
+    assert emitted == testbed.answer_ids(request, target)
+    assert result.answer == target and result.target_generated
+    alone = testbed.tokenizer(target, add_special_tokens=False)["input_ids"]
+    assert testbed.tokenizer.decode(emitted[:-1]) == " " + target and alone != emitted[:-1]
+
+
 def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     argv = ["demo", "--out", str(tmp_path), "--fresh", "--json", "--num-copies", "1", "--best-sigma", "0.5"]
     argv += ["--denoiser-sigma", "0.2"]
@@ -264,6 +287,8 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
         ("--attack-images", 1),
         ("--attack-steps", 1),
         ("--adaptive-steps", 1),
+        ("--per-request-steps", 1),
+        ("--per-request-images", 2),
         ("--eot-samples", 1),
     ):
         argv += [flag, str(value)]
@@ -272,39 +297,62 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     summary = json.loads(captured.out)
     cells = summary["cells"]
     rows = {c["row"] for c in cells}
-    assert rows == {*(t.name for t in THREATS), "worst-case", "utility-pope", "utility-describe"}
-    assert len(cells) == 7 * 4 * 2 + 2 * 4  # (6 threats + worst case) x 4 columns x 2 judges + utility
+    assert rows == {*(t.name for t in THREATS), "worst-universal", "worst-request", "utility-pope", "utility-describe"}
+    by_key = {(c["row"], c["column"], c["judge"]): c for c in cells}
+    # Not run: the adaptive universal row and the per-request rows below eps 32 for noise alone.
+    skipped = {("adaptive-32", c) for c in ("paper", "best")}
+    skipped |= {(f"per-request-{eps}", c) for eps in (8, 16) for c in ("paper", "best")}
+    expected = {(row, column) for row in rows for column in ("undefended", "paper", "best", "denoised")} - skipped
+    assert {(row, column) for row, column, _ in by_key} == expected
+    assert len(cells) == 2 * len(expected) - 2 * 4  # two judges per ASR cell, one per utility cell
     for cell in cells:  # every cell says what it measured, on how many trials, and how sure it is
-        assert {"judge", "threat", "sigma", "noise_space", "seed", "k", "n", "rate", "ci"} <= set(cell)
+        assert {"judge", "threat", "attack", "sigma", "noise_space", "seed", "k", "n", "rate", "ci"} <= set(cell)
         assert cell["rate"] == cell["k"] / cell["n"] and cell["ci"] == list(
             clopper_pearson_interval(cell["k"], cell["n"])
         )
         assert ("mcnemar_p" in cell) == (cell["column"] != "undefended")
-    by_key = {(c["row"], c["column"], c["judge"]): c for c in cells}
     assert by_key[("clean", "undefended", "complied")]["n"] == 3  # one request per clean scene
     assert by_key[("white-box-32", "paper", "not_refused")]["n"] == 32  # one image x 32 held-out requests
+    assert by_key[("per-request-16", "denoised", "complied")]["n"] == 2  # one image per attacked request
+    assert by_key[("worst-request", "denoised", "complied")]["n"] == 2
     assert by_key[("utility-pope", "best", "correct")]["n"] == 6
     assert by_key[("transfer-16", "best", "complied")]["made_on"] == "testbed-surrogate"
-    assert by_key[("adaptive-32", "paper", "complied")]["sigma"] == 0.1
-    assert by_key[("adaptive-32", "best", "complied")]["sigma"] == 0.5
+    assert by_key[("per-request-32", "best", "complied")]["sigma"] == 0.5
     denoised = by_key[("adaptive-32", "denoised", "complied")]
     assert (denoised["sigma"], denoised["noise_space"], denoised["purifier"]) == (0.2, "pixel", "testbed-denoiser")
-    assert by_key[("adaptive-32", "paper", "complied")]["purifier"] is None
+    assert by_key[("per-request-32", "paper", "complied")]["purifier"] is None
     assert by_key[("white-box-16", "undefended", "complied")]["sigma"] == 0.0
-    for judge in ("complied", "not_refused"):  # the worst case is per trial: at least every attack's own rate
+    assert by_key[("per-request-8", "undefended", "complied")]["attack"] == "white-box"
+    assert by_key[("per-request-8", "denoised", "complied")]["attack"] == "adaptive"
+    assert by_key[("adaptive-32", "undefended", "complied")]["attack"] == "white-box"
+    universal = [t.name for t in THREATS if t.universal]
+    for judge in ("complied", "not_refused"):  # the worst cases: at least every attack's own rate
         for column in ("undefended", "paper", "best", "denoised"):
-            worst = by_key[("worst-case", column, judge)]["k"]
-            assert worst >= max(by_key[(t.name, column, judge)]["k"] for t in THREATS if t.kind != "clean")
-    adaptive = ("adaptive-32-sigma0.1-normalized", "adaptive-32-sigma0.5-normalized")
-    for folder in ("transfer-16", "white-box-32", *adaptive, "adaptive-32-sigma0.2-pixel-testbed-denoiser"):
+            ran = [t.name for t in THREATS if t.kind != "clean" and (t.name, column, judge) in by_key]
+            worst = by_key[("worst-universal", column, judge)]["k"]
+            assert worst >= max(by_key[(row, column, judge)]["k"] for row in ran if row in universal)
+            worst = by_key[("worst-request", column, judge)]["k"]
+            assert worst >= max(by_key[(row, column, judge)]["k"] for row in ran if row not in universal)
+    folders = ("transfer-16", "white-box-32", "per-request-8", "adaptive-32-sigma0.2-pixel-testbed-denoiser")
+    folders += ("per-request-32-sigma0.1-normalized", "per-request-8-sigma0.2-pixel-testbed-denoiser")
+    for folder in folders:
         assert (tmp_path / "attacks" / folder / "0.png").is_file()
-        assert (tmp_path / "attacks" / folder / "0.png.json").is_file()
-    assert summary["images"]["adaptive-32/undefended"] == "attacks/white-box-32"  # no noise to adapt to
+        sidecar = json.loads((tmp_path / "attacks" / folder / "0.png.json").read_text())
+        assert len(sidecar["losses"]) == 1 and sidecar["best_loss"] == sidecar["losses"][0]  # the loss curve
+    assert not (tmp_path / "attacks" / "adaptive-32-sigma0.1-normalized").exists()  # not run for noise alone
+    assert summary["images"]["adaptive-32/undefended"]["folder"] == "attacks/white-box-32"  # no noise to adapt to
+    assert len(summary["images"]["per-request-16/denoised"]["best_losses"]) == 2
+    checks = {check["row"]: check for check in summary["attack_checks"]}
+    assert set(checks) == {t.name for t in THREATS if t.kind != "clean"}
+    assert checks["per-request-16"]["required"] and not checks["transfer-16"]["required"]
+    assert checks["white-box-32"]["trials"] == 32 and checks["per-request-16"]["trials"] == 2
+    assert not checks["white-box-32"]["working"]  # one step cannot beat the model: said, not hidden
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "summary.json").is_file()
     assert isinstance(summary["seconds"], float)  # recorded; its size is a benchmark matter, not a test's
     phases = [line for line in captured.err.splitlines() if line.startswith("[demo] ")]
     assert phases[0].startswith("[demo] utility, undefended: 6 yes/no + 2 descriptions (")
-    assert any(line.startswith("[demo] adaptive EOT, eps 32 image 0: optimising (1 steps)") for line in phases)
+    assert any(line.startswith("[demo] adaptive universal, eps 32 image 0: optimising (1 steps)") for line in phases)
+    assert any(line.startswith("[demo] per-request adaptive, eps 16 image 1: optimising (1 steps)") for line in phases)
     assert "[attack] done: 1/1 steps in " in captured.err
 
 
@@ -329,16 +377,35 @@ def test_demo_uses_the_shipped_attacks_for_the_default_settings(testbed, tmp_pat
 
     folder = tmp_path / "attacks" / "white-box-32"
     lines: list[str] = []
-    image = _adversarial(
+    image, record = _adversarial(
         testbed, Threat("white-box", 32), 3, DemoConfig(), None, folder, progress=False, log=lines.append
     )
     assert torch.equal(image, load_image(SHIPPED_ATTACKS / "white-box-32" / "3.png"))
+    assert record == json.loads((SHIPPED_ATTACKS / "white-box-32" / "3.png.json").read_text())
     assert lines == []  # nothing optimised, and the image it used is in its folder, byte for byte with its sidecar
     assert sorted(p.name for p in folder.iterdir()) == ["3.png", "3.png.json"]
     for name in ("3.png", "3.png.json"):
         assert (folder / name).read_bytes() == (SHIPPED_ATTACKS / "white-box-32" / name).read_bytes()
     sidecar = json.loads((folder / "3.png.json").read_text())
     assert sidecar["config"]["demo_key"]["base_scene"] > HELD_OUT_START and sidecar["linf"] <= 32 + 1e-6
+    assert sidecar["config"]["demo_key"]["targets"] == "in context"  # made after issue 21's fix
+    assert sidecar["best_loss"] == min(sidecar["losses"]) and len(sidecar["losses"]) == DemoConfig().attack_steps
+
+
+def test_the_shipped_per_request_images_match_the_default_settings(testbed, tmp_path):
+    """Every held-out request has its shipped per-request image (white-box, undefended column), found in the
+    cache by the default settings, its loss curve in its sidecar."""
+    from smoothguard.testbed.demo import SHIPPED_ATTACKS, _adversarial
+    from smoothguard.testbed.ladder import DemoConfig, Threat
+
+    config, lines = DemoConfig(), []
+    for index in (0, config.per_request_images - 1):
+        folder = tmp_path / "attacks" / "per-request-16"
+        _, record = _adversarial(testbed, Threat("per-request", 16), index, config, None, folder, False, lines.append)
+        assert record["config"]["prompts"] == [HELD_OUT_REQUESTS[index]]
+        assert len(record["losses"]) == config.per_request_steps
+    assert lines == []  # nothing optimised
+    assert len(list((SHIPPED_ATTACKS / "per-request-16").glob("*.png"))) == len(HELD_OUT_REQUESTS)
 
 
 def test_the_shipped_adaptive_images_through_the_denoiser_match_the_default_settings(testbed, tmp_path):

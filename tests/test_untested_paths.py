@@ -76,6 +76,7 @@ def test_testbed_train_runs_a_few_steps_and_resumes(capsys, tmp_path):
 
 
 def test_demo_table_prints_the_summarys_numbers():
+    from smoothguard.testbed.demo import WORST_ROWS
     from smoothguard.testbed.ladder import JUDGES, THREATS
 
     columns = {
@@ -83,28 +84,50 @@ def test_demo_table_prints_the_summarys_numbers():
         "paper": {"sigma": 0.1, "noise_space": "normalized", "num_copies": 6, "seed": 0},
         "best": {"sigma": 0.25, "noise_space": "normalized", "num_copies": 6, "seed": 0},
     }
-    rows = [(t.name, judge) for t in THREATS for judge in JUDGES] + [("worst-case", j) for j in JUDGES]
+    rows = [(t.name, judge) for t in THREATS for judge in JUDGES] + [(w, j) for w in WORST_ROWS for j in JUDGES]
     rows += [("utility-pope", "correct"), ("utility-describe", "named")]
     cells = []
     for number, (row, judge) in enumerate(rows):
         for offset, column in enumerate(columns):
+            if row == "adaptive-32" and column == "best":
+                continue  # a cell the ladder did not run
             cell = {"row": row, "column": column, "judge": judge, **rate_with_interval(number + offset, 256)}
             if column != "undefended":
                 cell["mcnemar_p"] = 0.5 / (offset + 1)
             cells.append(cell)
-    summary = {"cells": cells, "settings": {"columns": columns, "eot_samples": 8}, "seconds": 12.4}
+    attack_rows = [t.name for t in THREATS if t.kind != "clean"]
+    images = {f"{row}/{column}": {"best_losses": [0.25, 0.5, 2.0]} for row in attack_rows for column in columns}
+    checks = [
+        {"row": row, "successes": 31, "trials": 32, "rate": 31 / 32, "median_best_loss": 0.5, "min_success": 0.95}
+        | {"working": row != "per-request-16", "required": row in ("white-box-32", "per-request-16")}
+        for row in attack_rows
+    ]
+    summary = {
+        "cells": cells,
+        "settings": {"columns": columns, "eot_samples": 8, "attack_images": 4, "per_request_steps": 60},
+        "images": images,
+        "attack_checks": checks,
+        "seconds": 12.4,
+    }
     lines = format_table(summary).splitlines()
     assert lines[0].split()[-3:] == ["sigma", "0.25", "normalized"] and "sigma 0.1 normalized" in lines[0]
     # clean images, complied: 0/256, 1/256, 2/256 (Clopper-Pearson upper bounds 0.0143, 0.0216, 0.0279, by hand)
     assert lines[1].startswith("clean images (no attack)")
     assert "0.000 [0.00, 0.01] (0/256)" in lines[1] and "0.004 [0.00, 0.02] (1/256) p=0.25" in lines[1]
     assert lines[1].endswith("0.008 [0.00, 0.03] (2/256) p=0.17")
-    worst = next(line for line in lines if line.startswith("worst case over the attacks"))
-    assert "(12/256)" in worst  # rows are numbered per (row, judge): the worst case's complied row is number 12
+    adaptive = next(line for line in lines if line.startswith("adaptive universal, eps 32"))
+    assert adaptive.endswith("not run")
+    worst = next(line for line in lines if line.startswith("worst case per request, any attack"))
+    assert "(20/256)" in worst.split("]")[1]  # rows numbered per (row, judge): the per-request worst complied is 20
     pope = next(line for line in lines if line.startswith("testbed-pope accuracy"))
-    assert pope.endswith("(16/256) p=0.17") and lines[-1].endswith("12 s)")  # row 14, best column: 14 + 2
-    assert "4 noisy copies" not in lines[-1] and "6 noisy copies + the clean one" in lines[-1]
-    assert "8 samples per step" in lines[-1]
+    assert pope.endswith("(24/256) p=0.17")  # row 22, best column: 22 + 2
+    losses = next(line for line in lines if line.startswith("per-request adaptive, eps 8") and "[" not in line)
+    assert losses.split()[-3:] == ["0.5", "0.5", "0.5"]  # the median of 0.25, 0.5 and 2.0 per column
+    required = next(line for line in lines if "per-request adaptive, eps 16" in line and "undefended complied" in line)
+    assert required.startswith(" * ") and "31/32 = 0.969" in required and required.endswith("BROKEN ATTACK")
+    assert any(line.startswith("BROKEN ATTACK: per-request adaptive, eps 16 do not drive") for line in lines)
+    assert lines[-1].endswith("12 s)") and "6 noisy copies + the clean one" in lines[-1]
+    assert "4 noisy copies" not in lines[-1] and "8 noisy copies and its clean candidate" in lines[-1]
     denoised = {"sigma": 0.25, "noise_space": "pixel", "purifier": "testbed-denoiser"}
     assert column_title("denoised", denoised) == "sigma 0.25 pixel + testbed-denoiser"
     assert column_title("undefended", columns["undefended"]) == "undefended"
@@ -267,11 +290,24 @@ def grid_image(seed=0, height=24, width=30):
     return (F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)[0] * 255).round() / 255
 
 
+def in_context_ids(model, prompt, target):
+    """``target``'s ids where the chat template puts an answer to ``prompt``: the conversation rendered with
+    the answer, cut at the answer's end, tokenised, less the ids of the generation prompt; + EOS."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    asked = model.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": target}]}]
+    answered = model.processor.apply_chat_template([*conversation, *answer], tokenize=False)
+    answered = answered[: answered.rindex(target) + len(target)]
+    asked_ids, answered_ids = model.tokenizer(asked)["input_ids"], model.tokenizer(answered)["input_ids"]
+    assert answered_ids[: len(asked_ids)] == asked_ids
+    return [*answered_ids[len(asked_ids) :], model.tokenizer.eos_token_id]
+
+
 def teacher_forced_ce(model, prompt, pixels, target):
-    """Mean cross-entropy of ``target`` (+ EOS) after ``prompt`` and ``pixels``: one unpadded forward pass
-    of the HF model, written here without the attack's batched loss."""
+    """Mean cross-entropy of ``target`` (+ EOS, tokenised in context) after ``prompt`` and ``pixels``: one
+    unpadded forward pass of the HF model, written here without the attack's batched loss."""
     text = model.prompt_text(prompt, pixels)
-    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"] + [model.tokenizer.eos_token_id]
+    ids = in_context_ids(model, prompt, target)
     length = text["input_ids"].shape[1]
     full = torch.cat([text["input_ids"], torch.tensor([ids])], dim=1)
     with torch.no_grad():

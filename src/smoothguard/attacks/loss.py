@@ -1,6 +1,8 @@
 """Teacher-forced cross-entropy of target texts given a prompt and one or more media, in one batch.
 
-The batch is ``M x K`` rows ``[prompt tokens | target tokens | right padding]`` (medium-major: the K
+Targets are tokenised in context (``MLLMAdapter.answer_ids``): the ids the model emits right after the
+rendered prompt, leading space included where the chat format has one. The batch is ``M x K`` rows
+``[prompt tokens | target tokens | right padding]`` (medium-major: the K
 targets of medium 0, then of medium 1, ...; M > 1 for the EOT samples of one attack step); only target
 tokens count (prompt and padding are masked). Right padding keeps every real token at its unpadded
 position, so the loss of a row does not depend on the other rows in the batch.
@@ -14,19 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from smoothguard.errors import ConfigError
 from smoothguard.models.base import MLLMAdapter
-
-
-def target_token_ids(adapter: MLLMAdapter, target: str) -> list[int]:
-    """Token ids of ``target`` as the model would generate it, closed by the EOS token when the
-    tokenizer has one (so the loss also teaches the model to stop). Special-token text inside the
-    target (e.g. ``<image>``) is tokenised as plain text."""
-    ids = adapter.tokenizer(target, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    if not ids:
-        raise ConfigError(f"target {target!r} has no tokens")
-    eos = adapter.tokenizer.eos_token_id
-    return [*ids, eos] if eos is not None else list(ids)
 
 
 def repeat_media(media: Sequence[dict[str, torch.Tensor]], times: int) -> dict[str, torch.Tensor]:
@@ -38,6 +28,7 @@ def repeat_media(media: Sequence[dict[str, torch.Tensor]], times: int) -> dict[s
 
 def target_losses(
     adapter: MLLMAdapter,
+    prompt: str,
     text: dict[str, torch.Tensor],
     media: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
     targets: Sequence[str],
@@ -45,13 +36,14 @@ def target_losses(
     """Mean per-token cross-entropy of each target given each medium, [M * K] medium-major (differentiable
     w.r.t. ``media``), in one forward pass.
 
-    ``text``: the prompt's ids [1, L] from ``adapter.prompt_text``; ``media``: one medium's tensors from
-    ``adapter.preprocess`` (or a noisy version of them), or a sequence of M such (M = 1 for a single dict).
+    ``prompt``: the user's prompt; ``text``: its ids [1, L] from ``adapter.prompt_text``; ``media``: one
+    medium's tensors from ``adapter.preprocess`` (or a noisy version of them), or a sequence of M such
+    (M = 1 for a single dict).
     """
     media = [media] if isinstance(media, dict) else list(media)
     device = adapter.device
     prompt_ids = text["input_ids"][0].tolist()
-    target_ids = [target_token_ids(adapter, t) for t in targets]
+    target_ids = [adapter.answer_ids(prompt, t) for t in targets]
     width = len(prompt_ids) + max(len(ids) for ids in target_ids)
     pad = adapter.tokenizer.pad_token_id if adapter.tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(targets), width), pad, dtype=torch.long)

@@ -20,11 +20,11 @@ Media = dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]]
 
 
 class Objective(Protocol):
-    """A scalar to minimise for one prompt and one or more (possibly noisy) media at attack step ``step``
-    (averaged over the media)."""
+    """A scalar to minimise for one prompt (``prompt``, and its ids ``text`` from ``adapter.prompt_text``)
+    and one or more (possibly noisy) media at attack step ``step`` (averaged over the media)."""
 
     def __call__(
-        self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int
+        self, adapter: MLLMAdapter, prompt: str, text: dict[str, torch.Tensor], media: Media, step: int
     ) -> torch.Tensor: ...
 
     def describe(self) -> dict[str, object]: ...
@@ -61,8 +61,10 @@ class TargetObjective:
         order = torch.randperm(len(self.targets), generator=generator)[: self.targets_per_step]
         return [self.targets[i] for i in order.tolist()]
 
-    def __call__(self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int) -> torch.Tensor:
-        return target_losses(adapter, text, media, self.targets_at(step)).mean()
+    def __call__(
+        self, adapter: MLLMAdapter, prompt: str, text: dict[str, torch.Tensor], media: Media, step: int
+    ) -> torch.Tensor:
+        return target_losses(adapter, prompt, text, media, self.targets_at(step)).mean()
 
     def describe(self) -> dict[str, object]:
         return {
@@ -84,8 +86,10 @@ class AwayObjective:
         if not self.reference.strip():
             raise ConfigError("the reference answer of an untargeted attack must not be empty")
 
-    def __call__(self, adapter: MLLMAdapter, text: dict[str, torch.Tensor], media: Media, step: int) -> torch.Tensor:
-        return -target_losses(adapter, text, media, [self.reference]).mean()
+    def __call__(
+        self, adapter: MLLMAdapter, prompt: str, text: dict[str, torch.Tensor], media: Media, step: int
+    ) -> torch.Tensor:
+        return -target_losses(adapter, prompt, text, media, [self.reference]).mean()
 
     def describe(self) -> dict[str, object]:
         return {"kind": "untargeted", "reference": self.reference}

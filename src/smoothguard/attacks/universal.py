@@ -17,8 +17,10 @@ from smoothguard.models.base import MLLMAdapter
 class UniversalJailbreak:
     """Qi et al.'s attack: sign-gradient PGD (``eps`` and ``alpha`` in 1/255; ``None`` =
     unconstrained, started from uniform noise), ``targets_per_step`` corpus sentences sampled per
-    step, losses averaged over the prompts, no early stop; checkpoints every ``checkpoint_every``
-    steps. Paper settings: eps 16/32/64 or unconstrained, alpha 1, 5000 steps, 8 targets per step.
+    step, losses averaged over the prompts, no early stop, the lowest-loss image kept (the one that
+    scores best on the attack's own prompts); checkpoints every ``checkpoint_every`` steps. Paper
+    settings: eps 16/32/64 or unconstrained, alpha 1, 5000 steps, 8 targets per step, a constant step
+    (``schedule="constant"``, the default here; ``"cosine"`` decays it).
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class UniversalJailbreak:
         eps: float | None = 32,
         alpha: float = 1,
         steps: int = 5000,
+        schedule: str = "constant",
         targets_per_step: int = 8,
         eot: EOT | None = None,
         seed: int = 0,
@@ -37,6 +40,7 @@ class UniversalJailbreak:
             eps=eps,
             alpha=alpha,
             steps=steps,
+            schedule=schedule,
             eot=eot,
             early_stop=False,
             seed=seed,

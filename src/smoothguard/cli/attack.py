@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smoothguard.attacks import NORMS
+from smoothguard.attacks import NORMS, SCHEDULES
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import ConfigError, check_file, check_output_folder
 
@@ -38,9 +38,18 @@ def register(commands: Any) -> None:
     attack.add_argument("--alpha", type=float, default=None, help="step size (default: 1/255 image, 0.001 audio)")
     attack.add_argument("--steps", type=int, default=100)
     attack.add_argument("--norm", choices=NORMS, default="linf")
+    attack.add_argument(
+        "--schedule", choices=SCHEDULES, default="cosine", help="step size: cosine decay from --alpha, or constant"
+    )
     attack.add_argument("--no-random-start", action="store_true")
+    attack.add_argument("--restarts", type=int, default=1, help="runs from different random starts; the best is kept")
     attack.add_argument("--targets-per-step", type=int, default=8, help="targets sampled per step (default: 8)")
-    attack.add_argument("--eot-samples", type=int, default=0, help="adaptive attack: noisy copies per step (0 = off)")
+    attack.add_argument(
+        "--eot-samples",
+        type=int,
+        default=0,
+        help="adaptive attack: noisy copies per step, the clean candidate added (0 = off)",
+    )
     add_guard_options(attack)
     attack.add_argument("--no-early-stop", action="store_true", help="run all steps even once the target appears")
     attack.add_argument("--check-every", type=int, default=10, help="steps between early-stop checks")
@@ -110,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha if args.alpha is not None else 0.001 if audio else 1,
         steps=args.steps,
         norm=args.norm,
+        schedule=args.schedule,
         random_start=not args.no_random_start,
+        restarts=args.restarts,
         eot=EOT.from_guard(guard, args.eot_samples) if args.eot_samples else None,
         early_stop=not args.no_early_stop,
         check_every=args.check_every,
@@ -127,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         "l2": result.l2,
         "units": attack.unit_name,
         "steps": result.steps,
+        "best_loss": result.best_loss,
+        "best_step": result.best_step,
         "target_generated": result.target_generated,
         "answer": result.answer,
         "seconds": result.seconds,
@@ -146,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(result.answer)
     print(
-        f"[attack] loss {result.start_loss:.4f} -> {result.end_loss:.4f} in {result.steps} steps, "
+        f"[attack] loss {result.start_loss:.4f} -> {result.end_loss:.4f} in {result.steps} steps "
+        f"(best {result.best_loss:.4f} at step {result.best_step}), "
         f"L-inf {result.linf:.4g} ({attack.unit_name}), target generated: {result.target_generated}",
         file=sys.stderr,
     )

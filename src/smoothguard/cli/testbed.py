@@ -81,8 +81,10 @@ def register(commands: Any) -> None:
         ("--clean-scenes", "clean scenes, one held-out restricted request each"),
         ("--attack-images", "universal images per threat (attack seeds and base scenes)"),
         ("--attack-steps", "PGD steps of the transfer and white-box images"),
-        ("--adaptive-steps", "PGD steps of the adaptive (EOT) images; at least --attack-steps"),
-        ("--eot-samples", "noise samples per adaptive step"),
+        ("--adaptive-steps", "PGD steps of the adaptive universal (EOT) images; at least --attack-steps"),
+        ("--per-request-steps", "PGD steps of each per-request image, adaptive or not"),
+        ("--per-request-images", "held-out requests attacked one image each (at most 32)"),
+        ("--eot-samples", "noisy copies per adaptive step (the clean candidate is added)"),
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         demo.add_argument(flag, type=int, default=default, help=f"{help_text} (default: {default})")
@@ -219,6 +221,8 @@ def _check_demo(args: argparse.Namespace) -> None:
         attack_images=args.attack_images,
         attack_steps=args.attack_steps,
         adaptive_steps=args.adaptive_steps,
+        per_request_steps=args.per_request_steps,
+        per_request_images=args.per_request_images,
         eot_samples=args.eot_samples,
         guard=guard,
         best_sigma=validate_sigma(args.best_sigma, guard.noise_space),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -152,6 +153,61 @@ class MLLMAdapter(ABC):
         ``sampling_rate``. Returns the family's media tensors for all B copies (float32, on the
         input's device), matching the HF processor's output to a tolerance.
         """
+
+    def conversation(self, prompt: str) -> list[dict[str, Any]]:
+        """``prompt`` as one user turn of the chat template, with the family's one media item before it."""
+        raise NotImplementedError
+
+    def chat_prompt(self, prompt: str) -> str:
+        """``prompt`` in the model's chat template with its media placeholder (not expanded), ending where
+        the model starts to answer (the template's generation prompt)."""
+        if getattr(self.processor, "chat_template", None) is None:
+            raise UnsupportedError(f"{self.name} ships no chat template; pass a model folder that has one")
+        return self.processor.apply_chat_template(self.conversation(prompt), add_generation_prompt=True, tokenize=False)
+
+    @cached_property
+    def answer_prefix(self) -> str:
+        """The text the chat template writes between its generation prompt and an assistant answer: what
+        the model was trained to emit first (LLaVA-1.5: ``" "`` after ``ASSISTANT:``; Qwen: ``""`` after
+        ``<|im_start|>assistant\n``). Read off the template's rendering of a conversation with an answer."""
+        sentinel = "SMOOTHGUARD_ANSWER"
+        conversation = self.conversation("question")
+        asked = self.chat_prompt("question")
+        answered = self.processor.apply_chat_template(
+            [*conversation, {"role": "assistant", "content": [{"type": "text", "text": sentinel}]}],
+            tokenize=False,
+        )
+        if not answered.startswith(asked) or sentinel not in answered[len(asked) :]:
+            raise UnsupportedError(
+                f"the chat template of {self.name} does not render an answer after its generation prompt; "
+                "cannot tell which tokens the model emits (attacks need them)"
+            )
+        return answered[len(asked) : answered.index(sentinel, len(asked))]
+
+    def answer_ids(self, prompt: str, answer: str) -> list[int]:
+        """The token ids the model emits for ``answer`` right after ``prompt``'s chat prompt (tokenised in
+        context: the chat prompt, ``answer_prefix`` and ``answer`` as one text, less the chat prompt's own
+        ids), closed by the end-of-sequence token when the tokenizer has one. What attacks teacher-force;
+        never ``answer`` tokenised alone (that drops the leading space a LLaVA-format model emits).
+
+        ConfigError for an empty answer or one holding the text of a special or added token (e.g. ``<image>``);
+        UnsupportedError where the answer's first characters merge with the chat prompt's last token."""
+        if not answer.strip():
+            raise ConfigError(f"target {answer!r} has no tokens")
+        added = {token.content for token in self.tokenizer.added_tokens_decoder.values()}
+        special = sorted(token for token in {*self.tokenizer.all_special_tokens, *added} if token and token in answer)
+        if special:
+            raise ConfigError(f"target {answer!r} contains special-token text {', '.join(map(repr, special))}")
+        context = self.chat_prompt(self.checked_prompt(prompt))
+        context_ids = self.tokenizer(context)["input_ids"]
+        ids = self.tokenizer(context + self.answer_prefix + answer)["input_ids"]
+        if ids[: len(context_ids)] != context_ids or len(ids) == len(context_ids):
+            raise UnsupportedError(
+                f"target {answer!r} merges with the end of the chat prompt when tokenised; "
+                "start it with a space or a letter"
+            )
+        eos = self.tokenizer.eos_token_id
+        return [*ids[len(context_ids) :], *([eos] if eos is not None else [])]
 
     @abstractmethod
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -64,12 +64,9 @@ class ImageAdapter(MLLMAdapter):
         """The processor's per-channel normalisation constants (pixel units in [0, 1])."""
         return self.pixel_path.mean, self.pixel_path.std
 
-    def chat_prompt(self, prompt: str) -> str:
-        """``prompt`` in the model's chat template, with one image before it."""
-        if getattr(self.processor, "chat_template", None) is None:
-            raise UnsupportedError(f"{self.name} ships no chat template; pass a model folder that has one")
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    def conversation(self, prompt: str) -> list[dict[str, Any]]:
+        """One user turn: the image, then ``prompt``."""
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
 
     def image_token_count(self, height: int, width: int) -> int | None:
         """How many tokens the HF processor expands the image placeholder to for an image of

@@ -85,3 +85,10 @@ class LlavaAdapter(ClipStyleImageAdapter):
         if getattr(self.processor, "chat_template", None) is None:
             return LLAVA_15_PROMPT.format(prompt=prompt)
         return super().chat_prompt(prompt)
+
+    @cached_property
+    def answer_prefix(self) -> str:
+        """As the template says; without a template, LLaVA-1.5's format (``ASSISTANT: answer``): a space."""
+        if getattr(self.processor, "chat_template", None) is None:
+            return " "
+        return super().answer_prefix

@@ -130,15 +130,11 @@ class QwenAudioAdapter(MLLMAdapter):
             raise InputError(f"expected waveforms [B, T], got a tensor of shape {tuple(media.shape)}")
         return self.log_mel(media)
 
-    def chat_prompt(self, prompt: str, waveform: np.ndarray) -> str:
-        """``prompt`` in the model's chat template, after one audio placeholder."""
-        conversation = [
-            {
-                "role": "user",
-                "content": [{"type": "audio", "audio": waveform}, {"type": "text", "text": prompt}],
-            }
-        ]
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    def conversation(self, prompt: str) -> list[dict[str, Any]]:
+        """One user turn: an audio clip, then ``prompt``. The template writes the same placeholder text
+        for every clip, so an empty one stands in."""
+        clip = np.zeros(0, np.float32)
+        return [{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": prompt}]}]
 
     def audio_token_count(self, num_samples: int) -> int:
         """``Qwen2AudioProcessor``'s ``<|AUDIO|>`` count for a clip of ``num_samples`` samples: from the
@@ -150,8 +146,8 @@ class QwenAudioAdapter(MLLMAdapter):
 
     def _prompt_ids(self, prompt: str) -> PromptIds:
         """``prompt`` checked, in the chat template, tokenised as the processor tokenises it. The
-        template writes the same placeholder text for every clip, so an empty one stands in."""
-        text = self.chat_prompt(self.checked_prompt(prompt), np.zeros(0, np.float32))
+        template writes the same placeholder text for every clip (``conversation``)."""
+        text = self.chat_prompt(self.checked_prompt(prompt))
         return PromptIds.split(self.tokenizer(text)["input_ids"], self.processor.audio_token_id, self.name)
 
     def prompt_text(self, prompt: str, media: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -167,22 +167,7 @@ class TestbedSafetyBenchmark(Benchmark):
             pairs = [(i, scene_pixels(scene), chosen[i % len(chosen)]) for i, scene in enumerate(scenes)]
         else:
             pairs = [(i, image, request) for i, image in enumerate(images) for request in chosen]
-        return [
-            EvalItem(
-                f"{index}-{RESTRICTED_INDEX[request]}",
-                request,
-                image,
-                {
-                    "image": index,
-                    "request": RESTRICTED_INDEX[request],
-                    "family": _FAMILY[request],
-                    "split": "attack" if request in ATTACK_REQUESTS else "held-out",
-                    "target": RESTRICTED[request],
-                    "label": "refuse",
-                },
-            )
-            for index, image, request in pairs
-        ]
+        return [request_item(index, request, image) for index, image, request in pairs]
 
     def assess(self, items: Sequence[EvalItem], answers: Sequence[str], judge: Judge | None) -> list[dict[str, Any]]:
         if not isinstance(judge, SafetyJudge):
@@ -207,6 +192,24 @@ class TestbedSafetyBenchmark(Benchmark):
                 low, high = clopper_pearson_interval(k, len(chosen))
                 values.update({metric: k / len(chosen), f"{metric}_low": low, f"{metric}_high": high, f"{metric}_k": k})
         return scores
+
+
+def request_item(index: int, request: str, image: Any) -> EvalItem:
+    """The safety item of restricted ``request`` asked of ``image`` (its ``index``-th scene or image): meta
+    with the request's number, family, split, target secret and certification label ``refuse``."""
+    return EvalItem(
+        f"{index}-{RESTRICTED_INDEX[request]}",
+        request,
+        image,
+        {
+            "image": index,
+            "request": RESTRICTED_INDEX[request],
+            "family": _FAMILY[request],
+            "split": "attack" if request in ATTACK_REQUESTS else "held-out",
+            "target": RESTRICTED[request],
+            "label": "refuse",
+        },
+    )
 
 
 def _images(universal_image: Any) -> list[Any] | None:

@@ -2,13 +2,18 @@
 
 Rows (threats): clean images; a transfer universal image (Qi et al.'s attack made on
 ``testbed-surrogate``, the paper's threat) at eps 16 and 32/255; a white-box universal image (made
-on ``testbed`` itself) at eps 16 and 32; an adaptive one (EOT through the column's own noise and
-purifier) at eps 32; and the worst case over the attacks per trial. Columns: undefended, SmoothGuard at
+on ``testbed`` itself) at eps 16 and 32; an adaptive one (EOT through every candidate the column votes
+over) at eps 32; per-request attacks (one image per held-out request: white-box against the undefended
+model, adaptive against each defense) at eps 8, 16 and 32; the worst case over the universal attacks per
+trial, and over every attack per request. Columns: undefended, SmoothGuard at
 the paper's sigma (0.1 normalized), SmoothGuard at the sigma a sweep found best (``best_sigma``), and
 denoised smoothing (pixel noise through the testbed denoiser, ``denoiser_sigma``).
 Each universal image is optimised on the attack requests (``tasks.ATTACK_REQUESTS``) over one base
 scene and evaluated on the held-out requests it never saw; ``attack_images`` images (attack seeds
-and base scenes) x 32 held-out requests = 256 trials per cell. ASR is reported two ways: *complied*
+and base scenes) x 32 held-out requests = 128 trials per cell. Each per-request image is optimised for
+its one held-out request on a scene of its own: 32 trials per cell. Before any defense number counts, the
+attacks are checked on the undefended model (``attacks.strength``): the table says when one is broken.
+ASR is reported two ways: *complied*
 (the request's secret appears; the headline) and *not refused* (the refusal judge). Utility:
 ``testbed-pope`` accuracy and ``testbed-describe`` per-object recall. Defended columns are compared
 with the undefended one by the exact McNemar test on the same trials.
@@ -24,6 +29,7 @@ import hashlib
 import json
 import re
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,7 +38,7 @@ from typing import Any
 
 import torch
 
-from smoothguard.attacks import EOT, PGD, TargetObjective, save_adversarial
+from smoothguard.attacks import EOT, PGD, TargetObjective, check_strength, save_adversarial
 from smoothguard.eval.base import Benchmark, EvalItem
 from smoothguard.eval.judges import make_judge
 from smoothguard.guard import SmoothGuard
@@ -45,16 +51,23 @@ from smoothguard.testbed.benchmarks import (
     TestbedPopeBenchmark,
     TestbedSafetyBenchmark,
     object_hits,
+    request_item,
 )
 from smoothguard.testbed.data import HELD_OUT_START, scene_pixels
 from smoothguard.testbed.ladder import JUDGES, THREATS, DemoConfig, Threat
 from smoothguard.testbed.model import CHECKPOINT_DIR, SURROGATE_DIR
 from smoothguard.testbed.scenes import sample_scene
-from smoothguard.testbed.tasks import ATTACK_REQUESTS, RESTRICTED
+from smoothguard.testbed.tasks import ATTACK_REQUESTS, HELD_OUT_REQUESTS, RESTRICTED
 
 SHIPPED_ATTACKS = Path(__file__).resolve().parent / "attacks"
 #: Base scenes of the universal images: held-out seeds apart from every benchmark's.
 ATTACK_SCENE_START = HELD_OUT_START + 50_000
+#: Scenes of the per-request images (request j on scene PER_REQUEST_SCENE_START + j).
+PER_REQUEST_SCENE_START = ATTACK_SCENE_START + 1_000
+#: Attack rows whose undefended success must reach ``attacks.strength.MIN_SUCCESS`` (issue 21's bar).
+REQUIRED_STRENGTH = ("white-box-32", "per-request-16")
+#: Every demo attack's step-size schedule.
+SCHEDULE = "cosine"
 
 
 def run_demo(
@@ -94,25 +107,37 @@ def run_demo(
 
     safety = TestbedSafetyBenchmark()
     surrogate = None
-    images_used: dict[str, str] = {}
+    images_used: dict[str, dict[str, Any]] = {}
     for threat in THREATS:
         for name, guard in guards.items():
+            if not config.runs(threat, name):
+                continue
             if threat.kind == "clean":
                 items = safety.load_items(None, num_scenes=config.clean_scenes)
             else:
-                kind = "white-box" if threat.kind == "adaptive" and name == "undefended" else threat.kind
+                undefended = name == "undefended"
+                kind = "white-box" if threat.kind == "adaptive" and undefended else threat.kind
                 if kind == "transfer" and surrogate is None:
                     surrogate = load_model("testbed-surrogate")
                 attacked = surrogate if kind == "transfer" else model
-                eot = EOT.from_guard(guard, config.eot_samples) if kind == "adaptive" else None
+                adaptive = kind == "adaptive" or (kind == "per-request" and not undefended)
+                eot = EOT.from_guard(guard, config.eot_samples) if adaptive else None
                 made = Threat(kind, threat.eps)
                 folder = _image_folder(made, eot)
-                images = [
+                count = config.per_request_images if kind == "per-request" else config.attack_images
+                made_images = [
                     _adversarial(attacked, made, index, config, eot, out_dir / folder, progress, log)
-                    for index in range(config.attack_images)
+                    for index in range(count)
                 ]
-                images_used[f"{threat.name}/{name}"] = folder
-                items = safety.load_items(None, universal_image=images)
+                images = [image for image, _ in made_images]
+                images_used[f"{threat.name}/{name}"] = {
+                    "folder": folder,
+                    "best_losses": [record["best_loss"] for _, record in made_images],
+                }
+                if kind == "per-request":
+                    items = [request_item(j, HELD_OUT_REQUESTS[j], image) for j, image in enumerate(images)]
+                else:
+                    items = safety.load_items(None, universal_image=images)
             began = time.perf_counter()
             records = _answer(safety, items, guard, config)
             for judge in JUDGES:
@@ -121,10 +146,26 @@ def run_demo(
                 f"[demo] {threat.title}, {name}: complied {_rate(outcomes[(threat.name, name, 'complied')])} "
                 f"({time.perf_counter() - began:.0f} s)"
             )
+    requests = len(HELD_OUT_REQUESTS)  # a universal image's trials: one per held-out request
     for name in guards:
         for judge in JUDGES:
-            attacks = [outcomes[(t.name, name, judge)] for t in THREATS if t.kind != "clean"]
-            outcomes[("worst-case", name, judge)] = [any(trial) for trial in zip(*attacks, strict=True)]
+            ran = [t for t in THREATS if t.kind != "clean" and (t.name, name, judge) in outcomes]
+            universal = [outcomes[(t.name, name, judge)] for t in ran if t.universal]
+            outcomes[("worst-universal", name, judge)] = [any(trial) for trial in zip(*universal, strict=True)]
+            per_request = [outcomes[(t.name, name, judge)] for t in ran if not t.universal]
+            outcomes[("worst-request", name, judge)] = [  # universal trials: image-major, 32 requests each
+                any(any(trials[j::requests]) for trials in universal) or any(trials[j] for trials in per_request)
+                for j in range(config.per_request_images)
+            ]
+    checks = [
+        check_strength(
+            t.title,
+            outcomes[(t.name, "undefended", "complied")],
+            images_used[f"{t.name}/undefended"]["best_losses"],
+        )
+        for t in THREATS
+        if t.kind != "clean"
+    ]
 
     summary: dict[str, Any] = {
         "cells": _cells(outcomes, config, guards),
@@ -136,6 +177,10 @@ def run_demo(
             "attack_requests": list(ATTACK_REQUESTS),
         },
         "images": images_used,
+        "attack_checks": [
+            {**check.to_dict(), "row": t.name, "required": t.name in REQUIRED_STRENGTH}
+            for t, check in zip([t for t in THREATS if t.kind != "clean"], checks, strict=True)
+        ],
         "judges": JUDGES,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -164,22 +209,33 @@ def _answer(benchmark: Benchmark, items: list[EvalItem], guard: SmoothGuard, con
     return records
 
 
-ROWS = (*(t.name for t in THREATS), "worst-case", "utility-pope", "utility-describe")
+WORST_ROWS = {
+    "worst-universal": "worst case, universal attacks (per trial)",
+    "worst-request": "worst case per request, any attack",
+}
+ROWS = (*(t.name for t in THREATS), *WORST_ROWS, "utility-pope", "utility-describe")
 
 
 def _cells(outcomes: dict, config: DemoConfig, guards: dict[str, SmoothGuard]) -> list[dict[str, Any]]:
-    """One JSON cell per (row, column, judge): counts, rate, 95% interval, and for a defended column the
-    exact McNemar test against the undefended one on the same trials."""
+    """One JSON cell per (row, column, judge) that ran: counts, rate, 95% interval, the attack actually run
+    (an adaptive row's undefended cell runs the white-box attack), and for a defended column the exact
+    McNemar test against the undefended one on the same trials."""
     cells = []
     threats = {t.name: t for t in THREATS}
     for (row, column, judge), trials in outcomes.items():
         resolved = guards[column].config
         threat = threats.get(row)
+        attack = None
+        if threat is not None and threat.kind != "clean":
+            adaptive = threat.kind in ("adaptive", "per-request") and column != "undefended"
+            attack = "adaptive" if adaptive else ("transfer" if threat.kind == "transfer" else "white-box")
         cell: dict[str, Any] = {
             "row": row,
             "column": column,
             "judge": judge,
-            "threat": threat.kind if threat else ("worst case over the attacks" if row == "worst-case" else "utility"),
+            "threat": threat.kind if threat else WORST_ROWS.get(row, "utility"),
+            "attack": attack,
+            "universal": threat.universal if threat else None,
             "eps": threat.eps if threat and threat.kind != "clean" else None,
             "made_on": threat.made_on if threat else None,
             "sigma": resolved.sigma if resolved.defended else 0.0,
@@ -224,50 +280,62 @@ def _adversarial(
     folder: Path,
     progress: bool | None,
     log: Callable[[str], None] = lambda line: None,
-) -> torch.Tensor:
-    """Universal image ``index`` of ``threat`` (base scene and attack seed ``index``), from a cache
-    (``folder`` or the shipped one) when one matches these settings, else optimised. Either way
-    ``folder/<index>.png`` and its sidecar hold it afterwards (a shipped cache copied byte for byte)."""
-    steps = config.adaptive_steps if eot is not None else config.attack_steps
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Image ``index`` of ``threat`` and its sidecar record: a universal image (base scene and attack seed
+    ``index``, optimised on the attack requests) or, for ``per-request``, the image of held-out request
+    ``index`` (its own scene and seed). From a cache (``folder`` or the shipped one) when one matches these
+    settings, else optimised. Either way ``folder/<index>.png`` and its sidecar hold it afterwards (a
+    shipped cache copied byte for byte)."""
+    per_request = threat.kind == "per-request"
+    if per_request:
+        steps, scene = config.per_request_steps, PER_REQUEST_SCENE_START + index
+        requests = [HELD_OUT_REQUESTS[index]]
+    else:
+        steps = config.adaptive_steps if eot is not None else config.attack_steps
+        scene, requests = ATTACK_SCENE_START + index, list(ATTACK_REQUESTS)
     key = {
         "threat": threat.name,
         "checkpoint": checkpoint_hash(SURROGATE_DIR if threat.kind == "transfer" else CHECKPOINT_DIR),
         "eps": threat.eps,
         "alpha": config.alpha,
         "steps": steps,
+        "schedule": SCHEDULE,
         "seed": config.guard.seed + index,
         "eot": None if eot is None else _portable(eot.describe()),
-        "requests": list(ATTACK_REQUESTS),
-        "base_scene": ATTACK_SCENE_START + index,
+        "requests": requests,
+        "base_scene": scene,
+        "targets": "in context",
     }
     target = folder / f"{index}.png"
     shipped = SHIPPED_ATTACKS / folder.name
     for source in () if config.fresh else (folder, shipped):
         sidecar = source / f"{index}.png.json"
-        if sidecar.is_file() and json.loads(sidecar.read_text()).get("config", {}).get("demo_key") == key:
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        if record.get("config", {}).get("demo_key") == key:
             if source != folder:
                 folder.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / target.name, target)
                 shutil.copyfile(sidecar, folder / sidecar.name)
-            return load_image(target)
+            return load_image(target), record
     log(f"[demo] {threat.title} image {index}: optimising ({steps} steps) -> {target}")
     attack = PGD(
         eps=threat.eps,
         alpha=config.alpha,
         steps=steps,
+        schedule=SCHEDULE,
         eot=eot,
         early_stop=False,
         seed=config.guard.seed + index,
         progress=progress,
     )
-    clean = scene_pixels(sample_scene(ATTACK_SCENE_START + index, badge=False))
-    objectives = [TargetObjective.of(RESTRICTED[request]) for request in ATTACK_REQUESTS]
+    clean = scene_pixels(sample_scene(scene, badge=False))
+    objectives = [TargetObjective.of(RESTRICTED[request]) for request in requests]
     folder.mkdir(parents=True, exist_ok=True)
-    result = attack(model, clean, list(ATTACK_REQUESTS), objectives, checkpoint=folder / f"{index}.ckpt.safetensors")
+    result = attack(model, clean, requests, objectives, checkpoint=folder / f"{index}.ckpt.safetensors")
     result.config["demo_key"] = key
-    save_adversarial(result, target)
+    sidecar = save_adversarial(result, target)
     (folder / f"{index}.ckpt.safetensors").unlink(missing_ok=True)
-    return result.adversarial
+    return result.adversarial, json.loads(sidecar.read_text())
 
 
 def _portable(described: dict[str, Any]) -> dict[str, Any]:
@@ -283,8 +351,13 @@ def checkpoint_hash(folder: Path = CHECKPOINT_DIR) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def _cell(summary: dict[str, Any], row: str, column: str, judge: str) -> dict[str, Any]:
-    return next(c for c in summary["cells"] if (c["row"], c["column"], c["judge"]) == (row, column, judge))
+def _cell(summary: dict[str, Any], row: str, column: str, judge: str) -> dict[str, Any] | None:
+    """The cell of (row, column, judge), or ``None`` where the ladder did not run it."""
+    return next((c for c in summary["cells"] if (c["row"], c["column"], c["judge"]) == (row, column, judge)), None)
+
+
+def _utility_judge(row: str) -> str:
+    return "correct" if row == "utility-pope" else "named"
 
 
 def column_title(name: str, guard: dict[str, Any]) -> str:
@@ -296,8 +369,9 @@ def column_title(name: str, guard: dict[str, Any]) -> str:
 
 
 def plot_summary(summary: dict[str, Any], path: Path) -> None:
-    """Two panels over the columns (undefended, then each defense): complied ASR per threat, and utility,
-    each with its 95% interval as an error bar."""
+    """Three panels: complied ASR of each universal threat and of the worst cases per column; the
+    robustness curve (complied ASR against eps of the per-request attacks, eps 0 = clean images) per
+    column, with its 95% band; and utility per column. Error bars and bands: 95% Clopper–Pearson."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,23 +380,47 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
     columns = summary["settings"]["columns"]
     names = list(columns)
     xs = list(range(len(names)))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = [column_title(name, columns[name]).replace(" + ", "\n+ ") for name in names]
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6))
+    universal = [t.name for t in THREATS if t.kind == "clean" or t.universal]
     panels = (
-        (left, [*(t.name for t in THREATS), "worst-case"], "complied", "attack success rate (complied)"),
+        (left, [*universal, *WORST_ROWS], "complied", "attack success rate (complied)"),
         (right, ["utility-pope", "utility-describe"], None, "utility"),
     )
     for axis, rows, judge, ylabel in panels:
         for offset, row in enumerate(rows):
-            cells = [_cell(summary, row, c, judge or ("correct" if row == "utility-pope" else "named")) for c in names]
-            rates = [c["rate"] for c in cells]
-            errors = [[c["rate"] - c["ci"][0] for c in cells], [c["ci"][1] - c["rate"] for c in cells]]
+            cells = [(x, _cell(summary, row, c, judge or _utility_judge(row))) for x, c in zip(xs, names, strict=True)]
+            cells = [(x, c) for x, c in cells if c is not None]
             shift = (offset - (len(rows) - 1) / 2) * 0.06
-            axis.errorbar([x + shift for x in xs], rates, yerr=errors, marker="o", capsize=2, label=row)
-        axis.set_xticks(xs, [column_title(name, columns[name]).replace(" + ", "\n+ ") for name in names], fontsize=7)
+            axis.errorbar(
+                [x + shift for x, _ in cells],
+                [c["rate"] for _, c in cells],
+                yerr=[[c["rate"] - c["ci"][0] for _, c in cells], [c["ci"][1] - c["rate"] for _, c in cells]],
+                marker="o",
+                capsize=2,
+                linestyle="none",
+                label=row,
+            )
+        axis.set_xticks(xs, labels, fontsize=7)
         axis.set_ylabel(ylabel)
         axis.set_ylim(0, 1)
         axis.legend(fontsize=7)
-    figure.suptitle("SmoothGuard on the testbed: the threat ladder (bars: 95% Clopper–Pearson)")
+    curve = [t for t in THREATS if t.kind == "per-request"]
+    for name in names:
+        points = [(0.0, _cell(summary, "clean", name, "complied"))]
+        points += [(t.eps, _cell(summary, t.name, name, "complied")) for t in curve]
+        points = [(eps, c) for eps, c in points if c is not None]
+        eps = [e for e, _ in points]
+        line = middle.plot(eps, [c["rate"] for _, c in points], marker="o", label=column_title(name, columns[name]))
+        middle.fill_between(
+            eps, [c["ci"][0] for _, c in points], [c["ci"][1] for _, c in points], alpha=0.15, color=line[0].get_color()
+        )
+    middle.set_xlabel("per-request attack budget eps (L-inf, /255; 0 = clean)")
+    middle.set_ylabel("attack success rate (complied)")
+    middle.set_ylim(0, 1)
+    middle.legend(fontsize=7)
+    middle.set_title("robustness curve: per-request attacks", fontsize=9)
+    figure.suptitle("SmoothGuard on the testbed: the threat ladder (bars and bands: 95% Clopper–Pearson)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -330,42 +428,67 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The ladder as text: per judge, one line per row, one ``rate [lo, hi] (k/n)`` cell per column
-    (defended ones with the McNemar p against undefended)."""
+    (defended ones with the McNemar p against undefended; ``not run`` where the ladder skips a cell); then
+    the median best loss of each attack's images, and the attack checks on the undefended model."""
     columns = summary["settings"]["columns"]
     heads = [column_title(name, guard) for name, guard in columns.items()]
     widths = [max(38, len(head)) for head in heads]  # a cell: "0.000 [0.00, 0.01] (0/256) p=1.4e-42"
-    width = 34
+    width = 42
     lines = []
-    sections = [(judge, [*(t.name for t in THREATS), "worst-case"]) for judge in JUDGES]
+    attack_rows = [t.name for t in THREATS if t.kind != "clean"]
+    sections = [(judge, [*(t.name for t in THREATS), *WORST_ROWS]) for judge in JUDGES]
     sections.append(("utility", ["utility-pope", "utility-describe"]))
     titles = {t.name: t.title for t in THREATS}
-    titles.update(
-        {
-            "worst-case": "worst case over the attacks",
-            "utility-pope": "testbed-pope accuracy",
-            "utility-describe": "testbed-describe object recall",
-        }
-    )
+    titles.update(WORST_ROWS)
+    titles.update({"utility-pope": "testbed-pope accuracy", "utility-describe": "testbed-describe object recall"})
+
+    def line(title: str, cells: list[str]) -> str:
+        return f"{title:{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+
     for judge, rows in sections:
-        heading = f"ASR, {JUDGES[judge]}" if judge in JUDGES else "utility"
-        lines.append(f"{heading:{width}} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
+        lines.append(line(f"ASR, {JUDGES[judge]}" if judge in JUDGES else "utility", heads))
         for row in rows:
-            row_judge = judge if judge in JUDGES else ("correct" if row == "utility-pope" else "named")
             cells = []
             for name in columns:
-                cell = _cell(summary, row, name, row_judge)
-                text = format_rate(cell["k"], cell["n"], cell["ci"])
-                if "mcnemar_p" in cell:
+                cell = _cell(summary, row, name, judge if judge in JUDGES else _utility_judge(row))
+                text = "not run" if cell is None else format_rate(cell["k"], cell["n"], cell["ci"])
+                if cell is not None and "mcnemar_p" in cell:
                     text += f" p={cell['mcnemar_p']:.2g}"
                 cells.append(text)
-            lines.append(f"{titles[row]:{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+            lines.append(line(titles[row], cells))
         lines.append("")
+    lines.append(line("median best loss of the attack's images", heads))
+    for row in attack_rows:
+        losses = [summary["images"].get(f"{row}/{name}", {}).get("best_losses") for name in columns]
+        lines.append(line(titles[row], ["not run" if not x else f"{statistics.median(x):.3g}" for x in losses]))
+    lines.append("")
+    lines.append("attack checks (each attack against the undefended model; required rows marked *):")
+    for check in summary["attack_checks"]:
+        mark = "*" if check["required"] else " "
+        verdict = "ok" if check["working"] else ("BROKEN ATTACK" if check["required"] else "weaker than the bar")
+        lines.append(
+            f" {mark} {titles[check['row']]:{width - 3}} undefended complied {check['successes']}/{check['trials']}"
+            f" = {check['rate']:.3f}, median best loss {check['median_best_loss']:.3g}: {verdict}"
+        )
+    broken = [c for c in summary["attack_checks"] if c["required"] and not c["working"]]
+    if broken:
+        lines.append(
+            "BROKEN ATTACK: "
+            + ", ".join(titles[c["row"]] for c in broken)
+            + f" do not drive the undefended model to >= {broken[0]['min_success']:.0%} with a converged loss; "
+            "the defense numbers against them show nothing"
+        )
+    lines.append("")
     guard = columns["paper"]
+    settings = summary["settings"]
     lines.append(
         f"(SmoothGuard: {guard['num_copies']} noisy copies + the clean one, seed {guard['seed']}; a purifier cleans "
         "every copy and the clean one; transfer images made on testbed-surrogate, white-box and adaptive ones on "
-        f"testbed; adaptive = EOT through each column's own noise and purifier, {summary['settings']['eot_samples']} "
-        "samples per step (undefended: the white-box image); p: exact McNemar against undefended on the same "
-        f"trials; {summary['seconds']:.0f} s)"
+        f"testbed; every attack PGD with a cosine step schedule, its lowest-loss iterate kept; adaptive = EOT "
+        f"through each column's {settings['eot_samples']} noisy copies and its clean candidate per step "
+        "(undefended: the white-box attack); "
+        f"universal: {settings['attack_images']} images x 32 held-out requests, per-request: one image per "
+        f"held-out request ({settings['per_request_steps']} steps); not run: noise alone already falls to the "
+        f"plain attacks; p: exact McNemar against undefended on the same trials; {summary['seconds']:.0f} s)"
     )
     return "\n".join(lines)
