@@ -253,9 +253,10 @@ def test_quick_start_demo_writes_what_it_lists_and_the_follow_up_sweep_runs(work
     (demo,) = run_group("demo", workdir).values()
     out = workdir / "runs" / "demo"
     summary = json.loads((out / "summary.json").read_text())
-    assert all((out / folder).is_dir() for folder in summary["images"].values())
+    folders = {used["folder"] for used in summary["images"].values()}
+    assert all((out / folder).is_dir() for folder in folders)
     # the default settings use the shipped attack images, and the demo leaves them in its folder, byte for byte
-    for folder in set(summary["images"].values()):
+    for folder in folders:
         name = Path(folder).name
         shipped = sorted(p.name for p in (SHIPPED_ATTACKS / name).iterdir())
         assert shipped and sorted(p.name for p in (out / folder).iterdir()) == shipped
@@ -263,7 +264,8 @@ def test_quick_start_demo_writes_what_it_lists_and_the_follow_up_sweep_runs(work
             assert (out / folder / file).read_bytes() == (SHIPPED_ATTACKS / name / file).read_bytes()
     assert "optimising" not in demo.stderr
     assert "[demo] utility, undefended: 1007 yes/no + 256 descriptions" in demo.stderr
-    assert "worst case over the attacks" in demo.stdout and "adaptive EOT, eps 32" in demo.stdout
+    assert "worst case per request, any attack" in demo.stdout and "per-request adaptive, eps 16" in demo.stdout
+    assert "BROKEN ATTACK" not in demo.stdout  # the shipped attacks pass their checks on the undefended model
     # the README's follow-up (prose in the quick start), with two sigmas in place of its "..."
     match = re.search(r"`(smoothguard sweep\s+testbed-safety[^`]*)`", README.read_text())
     assert match, "the quick start no longer names its sweep follow-up"
@@ -271,7 +273,7 @@ def test_quick_start_demo_writes_what_it_lists_and_the_follow_up_sweep_runs(work
     assert "--sigmas ..." in follow_up and "universal_image=runs/demo/attacks/white-box-32" in follow_up
     sweep = run(follow_up.replace("--sigmas ...", "--sigmas 0.1,0.25"), workdir)
     assert "sigma 0.25" in sweep.stdout and "all.complied" in sweep.stdout
-    assert "[eval testbed-safety] done: 256/256 items in " in sweep.stderr  # progress lines: stderr is a pipe here
+    assert "[eval testbed-safety] done: 128/128 items in " in sweep.stderr  # progress lines: stderr is a pipe here
     rows = (workdir / "runs/testbed-safety/testbed/sweep/asr-vs-sigma.csv").read_text().splitlines()
     assert len(rows) == 3  # header and one row per sigma
 
