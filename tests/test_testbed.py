@@ -299,9 +299,8 @@ def test_demo_json_on_a_reduced_budget(capsys, tmp_path):
     rows = {c["row"] for c in cells}
     assert rows == {*(t.name for t in THREATS), "worst-universal", "worst-request", "utility-pope", "utility-describe"}
     by_key = {(c["row"], c["column"], c["judge"]): c for c in cells}
-    # Not run: the adaptive universal row and the per-request rows below eps 32 for noise alone.
+    # Not run: the adaptive universal row for noise alone (it already falls to the plain attacks).
     skipped = {("adaptive-32", c) for c in ("paper", "best")}
-    skipped |= {(f"per-request-{eps}", c) for eps in (8, 16) for c in ("paper", "best")}
     expected = {(row, column) for row in rows for column in ("undefended", "paper", "best", "denoised")} - skipped
     assert {(row, column) for row, column, _ in by_key} == expected
     assert len(cells) == 2 * len(expected) - 2 * 4  # two judges per ASR cell, one per utility cell

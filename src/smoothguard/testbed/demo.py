@@ -488,7 +488,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"through each column's {settings['eot_samples']} noisy copies and its clean candidate per step "
         "(undefended: the white-box attack); "
         f"universal: {settings['attack_images']} images x 32 held-out requests, per-request: one image per "
-        f"held-out request ({settings['per_request_steps']} steps); not run: noise alone already falls to the "
-        f"plain attacks; p: exact McNemar against undefended on the same trials; {summary['seconds']:.0f} s)"
+        f"held-out request ({settings['per_request_steps']} steps); not run: no adaptive universal image for "
+        "noise alone, which already falls to the plain ones; p: exact McNemar against undefended on the same "
+        f"trials; {summary['seconds']:.0f} s)"
     )
     return "\n".join(lines)

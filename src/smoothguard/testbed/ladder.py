@@ -80,9 +80,8 @@ class DemoConfig:
     adaptive ones: an adaptive attack gets at least the plain one's budget), per-request images
     ``per_request_steps`` (adaptive or not), one for each of the first ``per_request_images`` held-out
     requests; ``eot_samples`` noisy (and purified) copies per adaptive step,
-    plus the clean candidate. The adaptive universal row runs for the denoised column only (noise alone
-    already falls to the plain attacks); per-request rows run for the undefended and denoised columns at
-    every eps and for the noise-only columns at ``noise_only_per_request_eps``."""
+    plus the clean candidate. The adaptive universal row runs for the undefended (its white-box image) and
+    denoised columns only: noise alone already falls to the plain attacks."""
 
     pope_scenes: int = 168
     describe_scenes: int = 256
@@ -94,7 +93,6 @@ class DemoConfig:
     per_request_steps: int = 60
     per_request_images: int = 32
     eot_samples: int = 8
-    noise_only_per_request_eps: tuple[float, ...] = (32,)
     guard: GuardConfig = field(default_factory=lambda: GuardConfig(noise_space="normalized", sigma=0.1, num_copies=4))
     best_sigma: float = 0.25
     denoiser_sigma: float = 0.25
@@ -128,11 +126,7 @@ class DemoConfig:
 
     def runs(self, threat: Threat, column: str) -> bool:
         """Whether the ladder measures ``threat`` against ``column``."""
-        if column in NOISE_ONLY_COLUMNS and threat.kind == "adaptive":
-            return False
-        if column in NOISE_ONLY_COLUMNS and threat.kind == "per-request":
-            return threat.eps in self.noise_only_per_request_eps
-        return True
+        return not (column in NOISE_ONLY_COLUMNS and threat.kind == "adaptive")
 
     def columns(self) -> dict[str, GuardConfig]:
         return {
