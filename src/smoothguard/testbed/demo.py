@@ -406,12 +406,21 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
         axis.set_ylim(0, 1)
         axis.legend(fontsize=7)
     curve = [t for t in THREATS if t.kind == "per-request"]
-    for name in names:
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # overlapping curves stay visible
+    for index, name in enumerate(names):
+        marker, linestyle = styles[index % len(styles)]
         points = [(0.0, _cell(summary, "clean", name, "complied"))]
         points += [(t.eps, _cell(summary, t.name, name, "complied")) for t in curve]
         points = [(eps, c) for eps, c in points if c is not None]
         eps = [e for e, _ in points]
-        line = middle.plot(eps, [c["rate"] for _, c in points], marker="o", label=column_title(name, columns[name]))
+        line = middle.plot(
+            eps,
+            [c["rate"] for _, c in points],
+            marker=marker,
+            linestyle=linestyle,
+            markersize=7 - index,
+            label=column_title(name, columns[name]),
+        )
         middle.fill_between(
             eps, [c["ci"][0] for _, c in points], [c["ci"][1] for _, c in points], alpha=0.15, color=line[0].get_color()
         )
