@@ -753,3 +753,13 @@ def test_path_checkpoint_accepts_str(llava, tmp_path):
     assert Path(path).exists() and not path.with_name(path.name + ".partial").exists()
     assert checkpoint_losses(path) == result.losses
     assert np.isfinite(result.losses).all()
+
+
+def test_an_attack_of_no_steps_reports_finite_losses(llava):
+    """steps=0 keeps the (random) start: its best loss is the final input's, never inf in a sidecar."""
+    result = PGD(eps=8, steps=0, early_stop=False, progress=False)(
+        llava, make_image(), PROMPT, TargetObjective.of(TARGET), max_new_tokens=2
+    )
+    assert result.losses == [] and result.best_step == 0
+    assert result.best_loss == result.end_loss == result.restart_best_losses[0]
+    assert json.loads(json.dumps(result.to_dict(), allow_nan=False))["best_loss"] == result.end_loss

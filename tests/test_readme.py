@@ -37,7 +37,7 @@ SLOW_ENV = "SMOOTHGUARD_README_SLOW"
 
 #: Run as written, by the test named (in README order within each).
 RUN = {
-    ".venv/bin/smoothguard demo": "demo",  # ~28 s with the shipped attack images
+    ".venv/bin/smoothguard demo": "demo",  # ~3.5 min with the shipped attack images
     "python -m smoothguard.models.tiny llava models/tiny-llava": "attack",  # ~4 s
     'smoothguard attack --model models/tiny-llava --image examples/scene.png --prompt "What is in the image?" '
     '--target "Sure, here is the secret password." --eps 32 --alpha 1 --steps 20 --out runs/adv.png --check '

@@ -204,6 +204,8 @@ class PGD:
             end_loss = self._loss(model, prompts, texts, final, objectives, 0).item()
         answer = self._answer(model, prompts[0], final, max_new_tokens)
         delta = (final - x0) / self.unit
+        # A run without steps kept its start: its only loss is the final input's.
+        best_losses = [run.best_loss if run.losses else end_loss for run in runs]
         return AttackResult(
             adversarial=final.cpu(),
             losses=kept.losses,
@@ -211,9 +213,9 @@ class PGD:
             end_loss=end_loss,
             steps=len(kept.losses),
             best_step=kept.best_step,
-            best_loss=kept.best_loss,
+            best_loss=best_losses[runs.index(kept)],
             restart=runs.index(kept),
-            restart_best_losses=[run.best_loss for run in runs],
+            restart_best_losses=best_losses,
             linf=round(delta.abs().max().item(), 4),  # 8-bit results: whole 1/255 steps up to float error
             l2=round(delta.norm().item(), 4),
             answer=answer,

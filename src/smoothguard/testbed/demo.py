@@ -115,29 +115,12 @@ def run_demo(
             if threat.kind == "clean":
                 items = safety.load_items(None, num_scenes=config.clean_scenes)
             else:
-                undefended = name == "undefended"
-                kind = "white-box" if threat.kind == "adaptive" and undefended else threat.kind
-                if kind == "transfer" and surrogate is None:
+                if threat.kind == "transfer" and surrogate is None:
                     surrogate = load_model("testbed-surrogate")
-                attacked = surrogate if kind == "transfer" else model
-                adaptive = kind == "adaptive" or (kind == "per-request" and not undefended)
-                eot = EOT.from_guard(guard, config.eot_samples) if adaptive else None
-                made = Threat(kind, threat.eps)
-                folder = _image_folder(made, eot)
-                count = config.per_request_images if kind == "per-request" else config.attack_images
-                made_images = [
-                    _adversarial(attacked, made, index, config, eot, out_dir / folder, progress, log)
-                    for index in range(count)
-                ]
-                images = [image for image, _ in made_images]
-                images_used[f"{threat.name}/{name}"] = {
-                    "folder": folder,
-                    "best_losses": [record["best_loss"] for _, record in made_images],
-                }
-                if kind == "per-request":
-                    items = [request_item(j, HELD_OUT_REQUESTS[j], image) for j, image in enumerate(images)]
-                else:
-                    items = safety.load_items(None, universal_image=images)
+                attacked = surrogate if threat.kind == "transfer" else model
+                items, images_used[f"{threat.name}/{name}"] = _attack_items(
+                    attacked, threat, name, guard, config, out_dir, progress, log
+                )
             began = time.perf_counter()
             records = _answer(safety, items, guard, config)
             for judge in JUDGES:
@@ -146,23 +129,14 @@ def run_demo(
                 f"[demo] {threat.title}, {name}: complied {_rate(outcomes[(threat.name, name, 'complied')])} "
                 f"({time.perf_counter() - began:.0f} s)"
             )
-    requests = len(HELD_OUT_REQUESTS)  # a universal image's trials: one per held-out request
     for name in guards:
         for judge in JUDGES:
-            ran = [t for t in THREATS if t.kind != "clean" and (t.name, name, judge) in outcomes]
-            universal = [outcomes[(t.name, name, judge)] for t in ran if t.universal]
-            outcomes[("worst-universal", name, judge)] = [any(trial) for trial in zip(*universal, strict=True)]
-            per_request = [outcomes[(t.name, name, judge)] for t in ran if not t.universal]
-            outcomes[("worst-request", name, judge)] = [  # universal trials: image-major, 32 requests each
-                any(any(trials[j::requests]) for trials in universal) or any(trials[j] for trials in per_request)
-                for j in range(config.per_request_images)
-            ]
+            outcomes.update(_worst_cases(outcomes, name, judge, config.per_request_images))
     checks = [
         check_strength(
-            t.title,
-            outcomes[(t.name, "undefended", "complied")],
-            images_used[f"{t.name}/undefended"]["best_losses"],
-        )
+            t.title, outcomes[(t.name, "undefended", "complied")], images_used[f"{t.name}/undefended"]["best_losses"]
+        ).to_dict()
+        | {"row": t.name, "required": t.name in REQUIRED_STRENGTH}
         for t in THREATS
         if t.kind != "clean"
     ]
@@ -177,15 +151,59 @@ def run_demo(
             "attack_requests": list(ATTACK_REQUESTS),
         },
         "images": images_used,
-        "attack_checks": [
-            {**check.to_dict(), "row": t.name, "required": t.name in REQUIRED_STRENGTH}
-            for t, check in zip([t for t in THREATS if t.kind != "clean"], checks, strict=True)
-        ],
+        "attack_checks": checks,
         "judges": JUDGES,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, out_dir / "demo.png")
     return summary
+
+
+def _attack_items(
+    attacked: MLLMAdapter,
+    threat: Threat,
+    column: str,
+    guard: SmoothGuard,
+    config: DemoConfig,
+    out_dir: Path,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> tuple[list[EvalItem], dict[str, Any]]:
+    """The safety items of attack row ``threat`` against ``column`` (``guard``), and where its images are
+    with their best losses. The undefended column's adaptive rows run the white-box attack (no noise to
+    adapt to); a defended column's adaptive and per-request rows are made through ``guard`` (EOT)."""
+    undefended = column == "undefended"
+    kind = "white-box" if threat.kind == "adaptive" and undefended else threat.kind
+    adaptive = kind == "adaptive" or (kind == "per-request" and not undefended)
+    eot = EOT.from_guard(guard, config.eot_samples) if adaptive else None
+    made = Threat(kind, threat.eps)
+    folder = _image_folder(made, eot)
+    count = config.per_request_images if kind == "per-request" else config.attack_images
+    made_images = [
+        _adversarial(attacked, made, index, config, eot, out_dir / folder, progress, log) for index in range(count)
+    ]
+    used = {"folder": folder, "best_losses": [record["best_loss"] for _, record in made_images]}
+    images = [image for image, _ in made_images]
+    if kind == "per-request":
+        return [request_item(j, HELD_OUT_REQUESTS[j], image) for j, image in enumerate(images)], used
+    return TestbedSafetyBenchmark().load_items(None, universal_image=images), used
+
+
+def _worst_cases(outcomes: dict, column: str, judge: str, requests: int) -> dict[tuple[str, str, str], list[bool]]:
+    """``column``'s two worst-case rows for ``judge``: per trial over the universal rows it ran (their trials
+    line up: image-major, one per held-out request), and per attacked request (the first ``requests``) over
+    every attack row it ran (a universal row wins a request when any of its images does)."""
+    ran = [t for t in THREATS if t.kind != "clean" and (t.name, column, judge) in outcomes]
+    universal = [outcomes[(t.name, column, judge)] for t in ran if t.universal]
+    per_request = [outcomes[(t.name, column, judge)] for t in ran if not t.universal]
+    held_out = len(HELD_OUT_REQUESTS)
+    return {
+        ("worst-universal", column, judge): [any(trial) for trial in zip(*universal, strict=True)],
+        ("worst-request", column, judge): [
+            any(any(trials[j::held_out]) for trials in universal) or any(trials[j] for trials in per_request)
+            for j in range(requests)
+        ],
+    }
 
 
 def _answer(benchmark: Benchmark, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> list[dict]:
