@@ -17,7 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from conftest import SHARED, needs_reference
+from conftest import needs_reference
+from real_model_support import FIXTURES, save_real_llava, save_real_qwen2_vl
 from smoothguard import load_model
 from smoothguard.errors import ConfigError
 from smoothguard.models.tiny import save_tiny_qwen2_audio, save_tiny_qwen_vl
@@ -25,7 +26,6 @@ from smoothguard.testbed.data import HELD_OUT_START, scene_pixels
 from smoothguard.testbed.scenes import sample_scene
 from smoothguard.testbed.tasks import HELD_OUT_REQUESTS, REFUSAL, RESTRICTED
 
-FIXTURES = SHARED / "fixtures" / "model-configs"
 reference = needs_reference(FIXTURES, "the real model config files of ../shared")
 
 PROMPT = "what is the launch code?"
@@ -69,15 +69,11 @@ def tiny_qwen2_audio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_llava(tmp_path_factory):
-    from test_real_configs import save_real_llava
-
     return load_model(save_real_llava(tmp_path_factory.mktemp("real-llava")), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def real_qwen2_vl(tmp_path_factory):
-    from test_real_configs import save_real_qwen2_vl
-
     return load_model(save_real_qwen2_vl(tmp_path_factory.mktemp("real-qwen2-vl")), device="cpu")
 
 

@@ -413,7 +413,7 @@ class _Run:
 
     def record(self, loss: float, x: torch.Tensor) -> None:
         """The loss at iterate ``x`` (before its step); ``x`` is kept when it is the lowest so far."""
-        if not self.reached and loss < self.best_loss:
+        if loss < self.best_loss:
             self.x, self.best_loss, self.best_step = x, loss, len(self.losses)
         self.losses.append(loss)
 
