@@ -2,9 +2,13 @@
 
 For each purifier (none, ``testbed-denoiser``) and each sigma, ``smoothguard.eval.sweep.run_sweep`` runs
 ``testbed-pope`` (utility) and ``testbed-safety`` on clean scenes (noise-induced compliance) and on the shipped
-transfer and white-box universal images (eps 32), all with the same noisy copies per query. Resumable:
-rerun the same command and finished runs are reused. Writes ``OUT/table.md`` (every rate with its 95%
-Clopper–Pearson interval and k/n), ``OUT/table.json`` and ``OUT/denoised-smoothing.png``.
+transfer and white-box universal images (eps 32), all with the same noisy copies per query. Without a
+purifier the sweep also runs sigma 0 (no noise: every candidate is the undefended model's answer), so the
+same run shows each attack at full strength before any defense number: its undefended success and the
+median best loss of its images (their sidecars' loss curves; ``smoothguard.attacks.check_strength``).
+Resumable: rerun the same command and finished runs are reused. Writes ``OUT/table.md`` (every rate with
+its 95% Clopper–Pearson interval and k/n, then the attack checks), ``OUT/table.json`` and
+``OUT/denoised-smoothing.png``.
 
     python examples/denoised_smoothing.py --out runs/denoised --threads 2
 
@@ -18,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from smoothguard.attacks import check_strength
 from smoothguard.config import GuardConfig
 from smoothguard.eval.runner import GuardSpec
 from smoothguard.eval.sweep import parse_sigmas, run_sweep
@@ -53,6 +58,7 @@ def main() -> None:
         name = purifier or "no purifier"
         guard = GuardConfig(noise_space="pixel", num_copies=args.num_copies, purifier=purifier)
         spec = GuardSpec("testbed", guard=guard)
+        at = (0.0, *sigmas) if purifier is None else sigmas  # sigma 0: the attacks against no defense
         runs: dict[tuple[str, str], dict] = {}
         for column, (benchmark, options, _) in COLUMNS.items():
             options = dict(options)
@@ -66,15 +72,37 @@ def main() -> None:
             if key not in runs:
                 folder = args.out / name.replace(" ", "-") / column.split(" ")[0].replace("pope", "utility")
                 runs[key] = run_sweep(
-                    benchmark, spec, sigmas, folder, model=model, options=options, questions_per_batch=64, progress=True
+                    benchmark, spec, at, folder, model=model, options=options, questions_per_batch=64, progress=True
                 )
             for row in runs[key]["rows"]:
                 table.setdefault(name, {}).setdefault(f"{row['sigma']:g}", {})[column] = _cell(row, COLUMNS[column][2])
     args.out.mkdir(parents=True, exist_ok=True)
+    text = format_table(table, args.num_copies) + "\n\n" + attack_checks(table["no purifier"]["0"])
     (args.out / "table.json").write_text(json.dumps(table, indent=2))
-    (args.out / "table.md").write_text(format_table(table, args.num_copies) + "\n")
+    (args.out / "table.md").write_text(text + "\n")
     plot(table, args.out / "denoised-smoothing.png")
-    print(format_table(table, args.num_copies))
+    print(text)
+
+
+def attack_checks(undefended: dict) -> str:
+    """The attacks at full strength, from this run's sigma 0 (no defense): the white-box images judged by
+    ``check_strength`` (undefended success and the median best loss of their sidecars' loss curves); the
+    transfer images, made on ``testbed-surrogate`` (their loss is the surrogate's), reported, not judged:
+    transfer is not held to that bar."""
+    lines = ["Attack checks (this run's sigma 0, no defense; targets tokenised in context):"]
+    for name in ("white-box-32", "transfer-32"):
+        cell = undefended[f"{name} complied"]
+        sidecars = sorted((SHIPPED_ATTACKS / name).glob("*.png.json"))
+        losses = [json.loads(path.read_text())["best_loss"] for path in sidecars]
+        check = check_strength(name, [True] * cell["k"] + [False] * (cell["n"] - cell["k"]), losses)
+        if name.startswith("white-box"):
+            lines.append(f"- {check.message()}")
+        else:
+            lines.append(
+                f"- {name} (made on testbed-surrogate): undefended complied {format_rate(cell['k'], cell['n'])}, "
+                f"median best loss on the surrogate {check.median_loss:.3g}; a transfer attack, not held to the bar"
+            )
+    return "\n".join(lines)
 
 
 def _cell(row: dict, metric: str) -> dict:

@@ -489,7 +489,10 @@ def format_table(summary: dict[str, Any]) -> str:
         losses = [summary["images"].get(f"{row}/{name}", {}).get("best_losses") for name in columns]
         lines.append(line(titles[row], ["not run" if not x else f"{statistics.median(x):.3g}" for x in losses]))
     lines.append("")
-    lines.append("attack checks (each attack against the undefended model; required rows marked *):")
+    lines.append(
+        "attack checks (each attack against the undefended model, in this run; targets tokenised in context; "
+        "required rows marked *):"
+    )
     for check in summary["attack_checks"]:
         mark = "*" if check["required"] else " "
         verdict = "ok" if check["working"] else ("BROKEN ATTACK" if check["required"] else "weaker than the bar")
