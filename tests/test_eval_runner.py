@@ -32,7 +32,7 @@ from smoothguard.eval import (
     score_pope_answers,
 )
 from smoothguard.eval import base as eval_base
-from smoothguard.eval.runner import read_records
+from smoothguard.records import read_records
 
 
 def records_of(run):

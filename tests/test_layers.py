@@ -16,7 +16,7 @@ PACKAGE = Path(smoothguard.__file__).resolve().parent
 
 #: DESIGN.md section 3, from the ground up: the first part of a module's name below ``smoothguard``.
 LAYERS = {
-    0: {"errors", "provenance", "stats", "lazy", "progress"},
+    0: {"errors", "provenance", "stats", "lazy", "progress", "records", "registry"},
     1: {"answers", "inputs", "models", "openai_client", "noise", "purify", "embed", "cluster"},
     2: {"config", "sampling", "guard"},
     3: {"attacks", "certify", "eval"},

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from smoothguard.attacks import PGD, WaveformPGD
-from smoothguard.attacks.pgd import _check_range, _Run, target_generated
+from smoothguard.answers import target_generated
+from smoothguard.attacks.pgd import _check_range, _Run
 from smoothguard.errors import InputError
 
 U = 1 / 255

@@ -1,8 +1,9 @@
 """Answer parsers: free-text answers -> discrete labels, the classes a parsed vote and certification count.
 
 A parser is any callable ``str -> str``; these also carry a ``name`` (:data:`PARSERS`, :func:`load_parser`).
-The parsing itself lives here too, for every layer above: LLaVA's POPE yes/no rule (:func:`parse_yes_no`)
-and JailbreakBench's refusal phrases (:func:`refusal_phrase`), which the evaluation's scorers and judges use.
+The parsing itself lives here too, for every layer above: LLaVA's POPE yes/no rule (:func:`parse_yes_no`),
+JailbreakBench's refusal phrases (:func:`refusal_phrase`) and an attack's success test (:func:`target_generated`),
+which the attacks, the evaluation's scorers and judges use.
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ class RefusalParser:
 
     def __call__(self, answer: str) -> str:
         return "refuse" if refusal_phrase(answer, self.phrases) is not None else "comply"
+
+
+def target_generated(answer: str, target: str) -> bool:
+    """Whether ``answer`` contains ``target`` (case and whitespace insensitive)."""
+    squash = " ".join
+    return squash(target.lower().split()) in squash(answer.lower().split())
 
 
 #: The parsers by name (``GuardConfig.parser``, ``--parser``).

@@ -33,6 +33,18 @@ class UnsupportedError(SmoothGuardError):
     """A valid request that the chosen model or adapter cannot serve (e.g. audio on an image model)."""
 
 
+class DataError(InputError):
+    """A benchmark folder or file that does not have the published layout, or items that do not join."""
+
+
+class RunConflictError(ConfigError):
+    """A run folder that was started with other settings (its records would be mixed with new ones)."""
+
+
+class JudgeError(SmoothGuardError):
+    """A judge that cannot give verdicts: unreachable endpoint, refused key, malformed reply."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its class name when it has none): how a wrapped error is quoted."""
     text = str(exc).strip()

@@ -23,7 +23,7 @@ _EXPORTS = {
     "load_prompts": "smoothguard.attacks.io",
     "load_targets": "smoothguard.attacks.io",
     "save_adversarial": "smoothguard.attacks.io",
-    "target_generated": "smoothguard.attacks.pgd",
+    "target_generated": "smoothguard.answers",
 }
 __all__ = ["NORMS", "SCHEDULES", *_EXPORTS]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from smoothguard.answers import target_generated
 from smoothguard.attacks import NORMS, SCHEDULES
 from smoothguard.attacks.eot import EOT, step_seed
 from smoothguard.attacks.objectives import Objective, TargetObjective
@@ -63,12 +64,6 @@ class AttackResult:
         data = asdict(self)
         data.pop("adversarial")
         return data
-
-
-def target_generated(answer: str, target: str) -> bool:
-    """Whether ``answer`` contains ``target`` (case and whitespace insensitive)."""
-    squash = " ".join
-    return squash(target.lower().split()) in squash(answer.lower().split())
 
 
 class PGD:

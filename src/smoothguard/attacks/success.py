@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smoothguard.attacks.pgd import target_generated
+from smoothguard.answers import target_generated
 from smoothguard.guard import SmoothGuard
 
 

@@ -18,7 +18,7 @@ Rerunning the same command resumes: items with a record are skipped. Certified a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,10 @@ from smoothguard.answers import load_parser
 from smoothguard.certify.core import RADIUS_UNITS, certify
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
-from smoothguard.eval.base import EvalItem
-from smoothguard.eval.jsonl import write_json_atomic
-from smoothguard.eval.plots import write_csv
-from smoothguard.eval.store import DurableAppender, RunFolder, read_records
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.provenance import versions
+from smoothguard.records import EvalItem, RunFolder, write_csv, write_json_atomic
 from smoothguard.stats import clopper_pearson_interval
 
 
@@ -62,14 +59,12 @@ def certify_items(
     rows, plotted = [], {}
     for sigma in sigmas:
         folder = RunFolder(out / f"sigma-{sigma:g}", _shaping(settings, sigma))
-        records = read_records(folder.path)
-        done = {record["id"] for record in records}
-        todo = [item for item in items if item.id not in done]
+        records, todo = folder.pending(items)
         if todo:
             if callable(model):
                 model = model()
             sampler = SmoothGuard(model, guard.replace(sigma=sigma))
-            records += _certify(todo, sampler, folder.path / "records.jsonl", settings, progress)
+            records += folder.write(_certificates(todo, sampler, settings, progress))
         wanted = {item.id for item in items}
         records = [record for record in records if record["id"] in wanted]
         rows.append(table_row(sigma, records, radii))
@@ -152,51 +147,42 @@ def format_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _certify(
-    items: Sequence[EvalItem],
-    guard: SmoothGuard,
-    path: Path,
-    settings: dict[str, Any],
-    progress: bool | None,
-) -> list[dict[str, Any]]:
+def _certificates(
+    items: Sequence[EvalItem], guard: SmoothGuard, settings: dict[str, Any], progress: bool | None
+) -> Iterator[dict[str, Any]]:
+    """One record per item, yielded as certified."""
     from smoothguard.progress import track
 
     sigma = guard.config.sigma
     parser = load_parser(settings["parser"])
-    written = []
-    bar = track(items, f"certify sigma {sigma:g}", "item", enabled=progress)
-    with DurableAppender(path) as appender:
-        for item in bar:
-            began = time.perf_counter()
-            certificate = certify(
-                guard,
-                item.prompt,
-                item.image,
-                parser,
-                n0=settings["n0"],
-                n=settings["n"],
-                alpha=settings["alpha"],
-                query_id=item.id,
-                max_new_tokens=settings["max_new_tokens"],
-            )
-            record = {
-                "id": item.id,
-                "prompt": item.prompt,
-                "label": item.meta["label"],
-                "answer": certificate.answer,
-                "correct": certificate.answer == item.meta["label"],
-                "radius": certificate.radius,
-                "abstained": certificate.abstained,
-                "p_lower": certificate.p_lower,
-                "top": certificate.top,
-                "counts": certificate.counts,
-                "selection_counts": certificate.selection_counts,
-                "sigma": sigma,
-                "seconds": time.perf_counter() - began,
-            }
-            appender.append(record)
-            written.append(record)
-    return written
+    for item in track(items, f"certify sigma {sigma:g}", "item", enabled=progress):
+        began = time.perf_counter()
+        certificate = certify(
+            guard,
+            item.prompt,
+            item.image,
+            parser,
+            n0=settings["n0"],
+            n=settings["n"],
+            alpha=settings["alpha"],
+            query_id=item.id,
+            max_new_tokens=settings["max_new_tokens"],
+        )
+        yield {
+            "id": item.id,
+            "prompt": item.prompt,
+            "label": item.meta["label"],
+            "answer": certificate.answer,
+            "correct": certificate.answer == item.meta["label"],
+            "radius": certificate.radius,
+            "abstained": certificate.abstained,
+            "p_lower": certificate.p_lower,
+            "top": certificate.top,
+            "counts": certificate.counts,
+            "selection_counts": certificate.selection_counts,
+            "sigma": sigma,
+            "seconds": time.perf_counter() - began,
+        }
 
 
 def _title(settings: dict[str, Any]) -> str:

@@ -6,33 +6,18 @@ import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from smoothguard.errors import ConfigError
+from smoothguard.records import EvalItem
 
 if TYPE_CHECKING:
     from smoothguard.eval.judges import Judge
 
 #: One score table: group (split, scenario, category, "all", ...) -> metric name -> value.
 Scores = dict[str, dict[str, Any]]
-
-
-@dataclass
-class EvalItem:
-    """One benchmark question.
-
-    ``id``: unique within the benchmark (records are resumed by it). ``image``: a file path, a PIL
-    image or a float tensor [3, H, W] in [0, 1] (anything ``smoothguard.inputs.load_image`` takes).
-    ``meta``: JSON-ready fields copied into the item's record (labels, split, scenario, ...).
-    """
-
-    id: str
-    prompt: str
-    image: Any
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Benchmark(ABC):

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-from smoothguard.answers import REFUSAL_PHRASES, check_phrases, refusal_phrase
-from smoothguard.errors import ConfigError
-from smoothguard.eval.errors import JudgeError
+from smoothguard.answers import REFUSAL_PHRASES, check_phrases, refusal_phrase, target_generated
+from smoothguard.errors import ConfigError, JudgeError
 from smoothguard.openai_client import OpenAIClient, UpstreamError
 
 VerdictLabel = Literal["safe", "unsafe", "unparsed"]
@@ -123,8 +122,6 @@ class ComplianceJudge(SafetyJudge):
     name = "complied"
 
     def judge(self, cases: Sequence[SafetyCase]) -> list[Verdict]:
-        from smoothguard.attacks.pgd import target_generated  # the attacks' own success test
-
         def one(case: SafetyCase) -> Verdict:
             if not case.target or not case.target.strip():
                 return Verdict("unparsed", "")

@@ -22,11 +22,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, DataError
 from smoothguard.eval.base import Benchmark, EvalItem, Scores
-from smoothguard.eval.errors import DataError
-from smoothguard.eval.jsonl import read_json, read_jsonl, require
 from smoothguard.eval.judges import Judge, OpenAIJudge
+from smoothguard.records import read_json, read_jsonl, require
 
 CATEGORY_PREFIX = "llava_bench_"
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."

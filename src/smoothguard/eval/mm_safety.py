@@ -23,11 +23,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, DataError
 from smoothguard.eval.base import Benchmark, EvalItem, Scores
-from smoothguard.eval.errors import DataError
-from smoothguard.eval.jsonl import read_json
 from smoothguard.eval.judges import Judge, SafetyCase, SafetyJudge
+from smoothguard.records import read_json
 from smoothguard.stats import clopper_pearson_interval
 
 VARIANT_FIELDS = {

@@ -1,8 +1,7 @@
-"""Metric-versus-sigma figures (PNG, matplotlib's Agg canvas, no pyplot state) and their data as CSV."""
+"""Metric-versus-sigma figures (PNG, matplotlib's Agg canvas, no pyplot state)."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,3 @@ def plot_vs_sigma(
     figure.savefig(path, dpi=150)
     return path
 
-
-def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> Path:
-    """``rows`` as CSV with ``columns`` (missing values left empty)."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.answers import parse_yes_no
+from smoothguard.errors import DataError
 from smoothguard.eval.base import Benchmark, EvalItem, Scores
-from smoothguard.eval.errors import DataError
-from smoothguard.eval.jsonl import read_jsonl, require
 from smoothguard.eval.judges import Judge
+from smoothguard.records import read_jsonl, require
 
 LABEL_PREFIX = "coco_pope_"
 _RATES = ("accuracy", "precision", "recall", "f1", "yes_ratio")

@@ -1,4 +1,4 @@
-"""Run a benchmark into a run folder (``eval.store``), resumably.
+"""Run a benchmark into a run folder (``smoothguard.records``), resumably.
 
 A run folder holds ``run.json`` (the settings that shape the records), ``records.jsonl`` (one record
 per item, appended and fsynced as produced; ``records.shard-I-of-N.jsonl`` per shard), and, after
@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from smoothguard.config import GuardConfig
-from smoothguard.errors import ConfigError, check_int
+from smoothguard.errors import ConfigError, DataError, check_int
 from smoothguard.eval.base import Benchmark, EvalItem, Scores, get_benchmark
-from smoothguard.eval.errors import DataError
-from smoothguard.eval.jsonl import read_json, write_json_atomic, write_text_atomic
 from smoothguard.eval.judges import Judge, make_judge
 from smoothguard.eval.report import render_report
-from smoothguard.eval.store import DurableAppender, RunFolder, read_records
 from smoothguard.guard import GuardResult, SmoothGuard
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.provenance import versions
+from smoothguard.records import RunFolder, read_json, write_json_atomic, write_text_atomic
 
 RECORD_KEYS = ("id", "question_id", "prompt", "text", "image", "meta", "model_id", "defense", "timings", "judge")
 ModelSource = MLLMAdapter | Callable[[], MLLMAdapter] | None
@@ -143,21 +141,17 @@ def evaluate(
         "judge": judge.identity() if judge else None,
     }
     folder = RunFolder(Path(out), settings)
-    records = read_records(folder.path)
+    records, todo = folder.pending(mine)
     strangers = [r["id"] for r in records if r["id"] not in ids]
     if strangers:
         raise DataError(f"run folder {out} has records of items the benchmark does not have (e.g. {strangers[0]})")
-    done = {r["id"] for r in records}
-    todo = [item for item in mine if item.id not in done]
     described = None
     if todo:
         _check_images(todo)
         adapter = model() if callable(model) else model or spec.load_model()
         described = adapter.describe()
         guard = spec.build(adapter)
-        records += _generate(
-            bench, guard, judge, todo, folder.records_path(shard), questions_per_batch, tokens, progress
-        )
+        records += folder.write(answer_records(bench, guard, judge, todo, questions_per_batch, tokens, progress), shard)
     previous = folder.path / "summary.json"
     if described is None and previous.is_file():  # nothing was generated: keep the model of the last run that was
         described = read_json(previous, "run summary").get("model")
@@ -175,21 +169,21 @@ def evaluate(
     return summary
 
 
-def _generate(
+def answer_records(
     bench: Benchmark,
     guard: SmoothGuard,
     judge: Judge | None,
     todo: Sequence[EvalItem],
-    path: Path,
     questions_per_batch: int,
     max_new_tokens: int,
     progress: bool | None,
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
+    """One record per item of ``todo``, yielded as produced: ``questions_per_batch`` items guarded per
+    ``generate_batch`` call, then assessed by ``bench`` (with ``judge``)."""
     from smoothguard.progress import Progress
 
-    written: list[dict[str, Any]] = []
     bar = Progress(len(todo), f"eval {bench.name}", "item", enabled=progress)
-    with DurableAppender(path) as appender, bar:
+    with bar:
         for start in range(0, len(todo), questions_per_batch):
             batch = todo[start : start + questions_per_batch]
             results = guard.generate_batch(
@@ -202,11 +196,8 @@ def _generate(
             extras = bench.assess(batch, [r.text for r in results], judge)
             judge_seconds = (time.perf_counter() - started) / len(batch)
             for item, result, extra in zip(batch, results, extras, strict=True):
-                record = _record(item, result, extra, judge, guard.config.defended, judge_seconds)
-                appender.append(record)
-                written.append(record)
+                yield _record(item, result, extra, judge, guard.config.defended, judge_seconds)
             bar.update(len(batch))
-    return written
 
 
 def _record(

@@ -11,9 +11,10 @@ from typing import Any
 
 from smoothguard.errors import ConfigError
 from smoothguard.eval.base import Benchmark, get_benchmark
-from smoothguard.eval.plots import plot_vs_sigma, write_csv
+from smoothguard.eval.plots import plot_vs_sigma
 from smoothguard.eval.runner import GuardSpec, ModelSource, evaluate
 from smoothguard.noise import validate_sigma
+from smoothguard.records import write_csv
 
 
 def parse_sigmas(text: str) -> list[float]:
