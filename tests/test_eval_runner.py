@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from eval_support import make_mm_safety_folder, make_pope_folder, save_image
+from smoothguard import registry
 from smoothguard.cli import EXIT_USER_ERROR, main
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
@@ -182,7 +183,7 @@ class Shapes(Benchmark):
 
 
 def test_a_registered_plugin_runs_through_the_eval_command(tmp_path, tiny_llava_dir, capsys, monkeypatch):
-    monkeypatch.setitem(eval_base._REGISTRY, "shapes", Shapes)
+    monkeypatch.setitem(eval_base.BENCHMARKS.entries, "shapes", Shapes)
     assert "shapes" in benchmark_names()
     argv = ["eval", "shapes", "--model", str(tiny_llava_dir), "--option", "size=3", "--num-copies", "1"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--json"]) == 0
@@ -200,8 +201,8 @@ def test_entry_point_and_lazy_registrations(monkeypatch):
         def load(self):
             return Shapes
 
-    installed = eval_base.entry_points  # the real ones register the testbed's benchmarks
-    monkeypatch.setattr(eval_base, "entry_points", lambda group: [*installed(group=group), EntryPoint()])
+    installed = registry.entry_points  # the real ones register the testbed's benchmarks
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*installed(group=group), EntryPoint()])
     assert {"from-a-package", "pope", "mm-safety", "llava-bench", "testbed-pope", "testbed-safety"} <= set(
         benchmark_names()
     )
@@ -211,13 +212,13 @@ def test_entry_point_and_lazy_registrations(monkeypatch):
     try:
         assert isinstance(get_benchmark("lazy-shapes"), Shapes)
     finally:
-        eval_base._REGISTRY.pop("lazy-shapes")
+        eval_base.BENCHMARKS.entries.pop("lazy-shapes")
     register_benchmark("broken", "no.such.module:Thing")
     try:
         with pytest.raises(ConfigError, match="cannot be imported"):
             get_benchmark("broken")
     finally:
-        eval_base._REGISTRY.pop("broken")
+        eval_base.BENCHMARKS.entries.pop("broken")
 
 
 def test_mm_safety_run_with_default_judge_and_universal_image(tmp_path, tiny_llava, tiny_llava_dir):

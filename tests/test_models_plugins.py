@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import smoothguard
-from smoothguard import ConfigError, ModelLoadError, load_model
+from smoothguard import ConfigError, ModelLoadError, load_model, registry
 from smoothguard.eval import base as eval_base
 from smoothguard.eval.base import benchmark_names, get_benchmark
 from smoothguard.models import auto
@@ -31,9 +31,14 @@ def plugins(monkeypatch):
     """Register extra model plug-ins (name -> "module:attr") beside the installed ones."""
 
     def register(**targets: str) -> None:
-        extra = [EntryPoint(name, value, auto.MODEL_ENTRY_POINT_GROUP) for name, value in targets.items()]
-        installed = list(entry_points(group=auto.MODEL_ENTRY_POINT_GROUP))
-        monkeypatch.setattr(auto, "entry_points", lambda **params: EntryPoints([*installed, *extra]).select(**params))
+        group = auto.MODELS.group
+        extra = [EntryPoint(name, value, group) for name, value in targets.items()]
+        installed = entry_points
+        monkeypatch.setattr(
+            registry,
+            "entry_points",
+            lambda **params: EntryPoints([*installed(**params), *(e for e in extra if params["group"] == group)]),
+        )
 
     return register
 
@@ -84,10 +89,10 @@ def test_an_unknown_model_name_lists_the_plugins():
 
 
 def test_the_testbed_benchmarks_are_installed_plugins():
-    installed = {entry.name: entry.value for entry in entry_points(group=eval_base.ENTRY_POINT_GROUP)}
+    installed = {entry.name: entry.value for entry in entry_points(group=eval_base.BENCHMARKS.group)}
     assert installed["testbed-pope"] == "smoothguard.testbed.benchmarks:TestbedPopeBenchmark"
     assert installed["testbed-safety"] == "smoothguard.testbed.benchmarks:TestbedSafetyBenchmark"
-    assert not {"testbed-pope", "testbed-safety"} & set(eval_base._REGISTRY)
+    assert not {"testbed-pope", "testbed-safety"} & set(eval_base.BENCHMARKS.entries)
     assert {"pope", "mm-safety", "llava-bench", "testbed-pope", "testbed-safety"} <= set(benchmark_names())
     assert isinstance(get_benchmark("testbed-pope"), TestbedPopeBenchmark)
     assert isinstance(get_benchmark("testbed-safety"), TestbedSafetyBenchmark)

@@ -11,8 +11,7 @@ from conftest import exact
 from eval_support import openai_endpoint, save_tiny_guard
 from smoothguard.errors import ConfigError
 from smoothguard.eval import JudgeOptions, OpenAIJudge, RefusalJudge, SafetyCase, make_judge
-from smoothguard.eval.judges import _JUDGES as REGISTRY
-from smoothguard.eval.judges import ComplianceJudge, GuardModelJudge, SafetyJudge, Verdict, judge_names
+from smoothguard.eval.judges import JUDGES, ComplianceJudge, GuardModelJudge, SafetyJudge, Verdict
 
 
 def _cases(*pairs: tuple[str, str]) -> list[SafetyCase]:
@@ -270,7 +269,7 @@ def test_a_registered_judge_is_built_from_the_options():
 
     register_judge("fixed", lambda options: Fixed(options.model))
     try:
-        assert "fixed" in judge_names()
+        assert "fixed" in JUDGES.names()
         assert make_judge("fixed", JudgeOptions(model="x")).model == "x"
     finally:
-        del REGISTRY["fixed"]
+        del JUDGES.entries["fixed"]

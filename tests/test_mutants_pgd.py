@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from smoothguard.attacks import PGD, WaveformPGD
 from smoothguard.answers import target_generated
+from smoothguard.attacks import PGD, WaveformPGD
 from smoothguard.attacks.pgd import _check_range, _Run
 from smoothguard.errors import InputError
 

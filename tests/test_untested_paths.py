@@ -37,10 +37,10 @@ from smoothguard.cli import EXIT_USER_ERROR, main
 from smoothguard.config import GuardConfig
 from smoothguard.eval import DataError, GuardSpec, evaluate
 from smoothguard.eval.base import EvalItem
-from smoothguard.records import read_records
 from smoothguard.inputs import load_image
 from smoothguard.models.image_ops import ClipStylePreprocessor, center_crop, pad_to_square
 from smoothguard.models.tiny import save_tiny_qwen2_audio
+from smoothguard.records import read_records
 from smoothguard.server import BackgroundServer, ServerSettings, create_app
 from smoothguard.stats import rate_with_interval
 from smoothguard.testbed.demo import column_title, format_table

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from smoothguard.errors import ConfigError
+from smoothguard.registry import Registry
 
 _NO_WORDS = ("No", "no", "not")
 
@@ -112,20 +113,17 @@ def target_generated(answer: str, target: str) -> bool:
 
 
 #: The parsers by name (``GuardConfig.parser``, ``--parser``).
-PARSERS: dict[str, Callable[[], Callable[[str], str]]] = {
-    YesNoParser.name: YesNoParser,
-    ChoiceParser.name: ChoiceParser,
-    RefusalParser.name: RefusalParser,
-}
+PARSERS: Registry[Callable[[], Callable[[str], str]]] = Registry(
+    "answer parser",
+    entries={YesNoParser.name: YesNoParser, ChoiceParser.name: ChoiceParser, RefusalParser.name: RefusalParser},
+)
 
 
 def check_parser_name(name: str) -> str:
     """``name`` if it is one of :data:`PARSERS`, else a ConfigError naming them."""
-    if name not in PARSERS:
-        raise ConfigError(f"unknown answer parser {name!r}; choose one of {', '.join(PARSERS)}")
-    return name
+    return PARSERS.canonical(name)
 
 
 def load_parser(name: str) -> Callable[[str], str]:
     """A new parser of the :data:`PARSERS` name ``name`` (``choice``: letters A-D)."""
-    return PARSERS[check_parser_name(name)]()
+    return PARSERS.get(name)()

@@ -12,7 +12,7 @@ what geometry to use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from smoothguard.errors import ConfigError, ModelLoadError
+from smoothguard.registry import Registry
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 ROBERTA_PREFIX = "roberta-mean:"
-_MINILM_SPECS = ("minilm", MINILM_NAME.lower())
 _ACCEPTED = (
     f"None, 'minilm' or '{MINILM_NAME}' (packaged MiniLM), "
     f"'{ROBERTA_PREFIX}PATH_OR_HUB_ID' (mean-pooled encoder, e.g. '{ROBERTA_PREFIX}roberta-base'), "
@@ -132,6 +132,12 @@ class RobertaMeanEmbedder:
         return pooled.float().cpu().numpy()
 
 
+#: Embedders by (lower-case) name: classes taking ``device``; ``roberta-mean:SOURCE`` names a model besides.
+EMBEDDERS: Registry[Callable[..., Embedder]] = Registry(
+    "embedder", entries={"minilm": "smoothguard.embed:MiniLMEmbedder"}, aliases={MINILM_NAME.lower(): "minilm"}
+)
+
+
 def load_embedder(spec: str | Embedder | None = None, *, device: str | None = None) -> Embedder:
     """Build an embedder from a spec.
 
@@ -143,8 +149,8 @@ def load_embedder(spec: str | Embedder | None = None, *, device: str | None = No
     if spec is None:
         return MiniLMEmbedder(device=device)
     if isinstance(spec, str):
-        if spec.strip().lower() in _MINILM_SPECS:
-            return MiniLMEmbedder(device=device)
+        if spec.strip().lower() in EMBEDDERS:
+            return EMBEDDERS.get(spec.strip().lower())(device=device)
         if spec.startswith(ROBERTA_PREFIX):
             source = spec[len(ROBERTA_PREFIX) :].strip()
             if not source:

@@ -27,17 +27,18 @@ import json
 import os
 import re
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, first_line
 from smoothguard.noise import validate_sigma
+from smoothguard.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-PURIFIER_ENTRY_POINT_GROUP = "smoothguard.purifiers"
+#: Purifier plug-ins (``smoothguard.purifiers`` entry points): name -> callable taking the folder or None.
+PURIFIERS: Registry[Any] = Registry("purifier plug-in", group="smoothguard.purifiers")
 DIFFUSION_PREFIX = "diffusion:"
 #: The file naming a purifier folder's plug-in.
 PURIFIER_FILE = "purifier.json"
@@ -91,7 +92,7 @@ def _takes_sigma(fn: Callable[..., Any]) -> bool:
 
 def purifier_names() -> list[str]:
     """Names of the installed purifier plug-ins."""
-    return sorted({entry.name for entry in entry_points(group=PURIFIER_ENTRY_POINT_GROUP)})
+    return PURIFIERS.names()
 
 
 def check_purifier_spec(spec: str) -> str:
@@ -103,7 +104,7 @@ def check_purifier_spec(spec: str) -> str:
     if spec.startswith(DIFFUSION_PREFIX):
         _diffusion_source(spec)
         return spec
-    if spec in purifier_names() or Path(spec).is_dir():
+    if spec in PURIFIERS or Path(spec).is_dir():
         return spec
     known = ", ".join(purifier_names()) or "none installed"
     raise ConfigError(
@@ -122,7 +123,7 @@ def load_purifier(spec: str | Any, *, device: str | None = None) -> Any:
         if spec.startswith(DIFFUSION_PREFIX):
             source, steps = _diffusion_source(spec)
             purifier = DiffusionPurifier.from_pretrained(source, steps=steps)
-        elif spec in purifier_names():
+        elif spec in PURIFIERS:
             purifier = _plugin(spec, None)
         else:
             purifier = _plugin(_folder_plugin(Path(spec)), spec)
@@ -146,19 +147,19 @@ def _folder_plugin(folder: Path) -> str:
         raise ConfigError(f"{folder} is not a purifier folder: it holds no {PURIFIER_FILE}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f'{path} is not a valid {PURIFIER_FILE} ({exc}); expected {{"purifier": NAME}}') from exc
-    if name not in purifier_names():
+    if name not in PURIFIERS:
         raise ConfigError(f"{path} names purifier plug-in {name!r}, which is not installed")
     return name
 
 
 def _plugin(name: str, path: str | None) -> Any:
-    entry = next(iter(entry_points(group=PURIFIER_ENTRY_POINT_GROUP, name=name)))
+    plugin = PURIFIERS.get(name)
     try:
-        return entry.load()(path)
+        return plugin(path)
     except (ModelLoadError, ConfigError):
         raise
     except Exception as exc:
-        raise ModelLoadError(f"purifier plug-in {name!r} ({entry.value}) failed: {first_line(exc)}") from exc
+        raise ModelLoadError(f"purifier plug-in {name!r} ({PURIFIERS.target(name)}) failed: {first_line(exc)}") from exc
 
 
 #: The most images one UNet call sees; a larger batch is purified in chunks of this size.

@@ -31,7 +31,7 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "purifier": {},
     "purify_clean": {"flags": ("--no-purify-clean",), "action": "store_false"},
     "vote": {"choices": VOTES},
-    "parser": {"choices": tuple(PARSERS)},
+    "parser": {"choices": tuple(PARSERS.names())},
 }
 
 

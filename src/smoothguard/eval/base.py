@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from smoothguard.errors import ConfigError
 from smoothguard.records import EvalItem
+from smoothguard.registry import Registry
 
 if TYPE_CHECKING:
     from smoothguard.eval.judges import Judge
@@ -74,44 +73,33 @@ class Benchmark(ABC):
 
 BenchmarkFactory = Callable[[], Benchmark]
 
-#: name -> factory or "module:attribute" (imported when the benchmark is first asked for). Plug-ins (the
-#: testbed's benchmarks, other packages') are ``smoothguard.benchmarks`` entry points instead.
-_REGISTRY: dict[str, BenchmarkFactory | str] = {
-    "pope": "smoothguard.eval.pope:PopeBenchmark",
-    "mm-safety": "smoothguard.eval.mm_safety:MMSafetyBenchmark",
-    "llava-bench": "smoothguard.eval.llava_bench:LlavaBenchmark",
-}
-ENTRY_POINT_GROUP = "smoothguard.benchmarks"
+#: The benchmarks by name: factories or "module:attribute" (imported when first asked for). Plug-ins (the
+#: testbed's benchmarks, other packages') are ``smoothguard.benchmarks`` entry points.
+BENCHMARKS: Registry[BenchmarkFactory] = Registry(
+    "benchmark",
+    entries={
+        "llava-bench": "smoothguard.eval.llava_bench:LlavaBenchmark",
+        "mm-safety": "smoothguard.eval.mm_safety:MMSafetyBenchmark",
+        "pope": "smoothguard.eval.pope:PopeBenchmark",
+    },
+    group="smoothguard.benchmarks",
+)
 
 
 def register_benchmark(name: str, factory: BenchmarkFactory | str) -> None:
     """Make ``factory`` (a zero-argument callable returning a ``Benchmark``, or ``"module:attr"``) the
     benchmark called ``name``; replaces an earlier registration of that name."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"benchmark name must be a non-empty string, got {name!r}")
-    _REGISTRY[name] = factory
+    BENCHMARKS.register(name, factory)
 
 
 def benchmark_names() -> list[str]:
     """Registered names, including those of installed packages' ``smoothguard.benchmarks`` entry points."""
-    return sorted({*_REGISTRY, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    return BENCHMARKS.names()
 
 
 def get_benchmark(name: str) -> Benchmark:
     """A fresh instance of the benchmark registered as ``name``."""
-    factory: BenchmarkFactory | str | None = _REGISTRY.get(name)
-    if factory is None:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-        if not found:
-            raise ConfigError(f"unknown benchmark {name!r}; choose one of {', '.join(benchmark_names())}")
-        factory = found[0].load()
-    if isinstance(factory, str):
-        module, _, attribute = factory.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"benchmark {name!r} is registered as {factory} but cannot be imported: {exc}") from exc
-    benchmark = factory()
+    benchmark = BENCHMARKS.get(name)()
     if not isinstance(benchmark, Benchmark):
         raise ConfigError(f"the factory of benchmark {name!r} returned {type(benchmark).__name__}, not a Benchmark")
     return benchmark

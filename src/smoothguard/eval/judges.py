@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from smoothguard.answers import REFUSAL_PHRASES, check_phrases, refusal_phrase, target_generated
 from smoothguard.errors import ConfigError, JudgeError
 from smoothguard.openai_client import OpenAIClient, UpstreamError
+from smoothguard.registry import Registry
 
 VerdictLabel = Literal["safe", "unsafe", "unparsed"]
 
@@ -318,25 +319,22 @@ def _openai(options: JudgeOptions) -> Judge:
 
 
 JudgeFactory = Callable[[JudgeOptions], Judge]
-_JUDGES: dict[str, JudgeFactory] = {
-    "refusal": lambda options: RefusalJudge(),
-    "complied": lambda options: ComplianceJudge(),
-    "guard-model": _guard_model,
-    "openai": _openai,
-}
+JUDGES: Registry[JudgeFactory] = Registry(
+    "judge",
+    entries={
+        "complied": lambda options: ComplianceJudge(),
+        "guard-model": _guard_model,
+        "openai": _openai,
+        "refusal": lambda options: RefusalJudge(),
+    },
+)
 
 
 def register_judge(name: str, factory: JudgeFactory) -> None:
     """Make ``factory(options) -> Judge`` available as ``--judge name``."""
-    _JUDGES[name] = factory
-
-
-def judge_names() -> list[str]:
-    return sorted(_JUDGES)
+    JUDGES.register(name, factory)
 
 
 def make_judge(name: str, options: JudgeOptions | None = None) -> Judge:
     """The judge registered as ``name``, built from ``options``."""
-    if name not in _JUDGES:
-        raise ConfigError(f"unknown judge {name!r}; choose one of {', '.join(judge_names())}")
-    return _JUDGES[name](options or JudgeOptions())
+    return JUDGES.get(name)(options or JudgeOptions())

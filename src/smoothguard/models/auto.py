@@ -7,8 +7,6 @@ generic adapter.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,10 @@ from smoothguard.models import REMOTE_PREFIX
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.models.llava import ClipStyleImageAdapter
 from smoothguard.models.remote import RemoteAdapter, load_remote
+from smoothguard.registry import Registry
 
-#: Entry-point group of model plug-ins: name -> zero-argument callable returning the model folder.
-MODEL_ENTRY_POINT_GROUP = "smoothguard.models"
+#: Model plug-ins (``smoothguard.models`` entry points): name -> zero-argument callable returning the model folder.
+MODELS: Registry[Any] = Registry("model plug-in", group="smoothguard.models")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -31,21 +30,21 @@ class AutoImageTextAdapter(ClipStyleImageAdapter):
     family = "auto"
 
 
-#: config.model_type -> "module:Class" of its adapter (imported only when that family is loaded).
-ADAPTERS = {
-    "llava": "smoothguard.models.llava:LlavaAdapter",
-    "qwen2_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
-    "qwen2_5_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
-    "qwen2_audio": "smoothguard.models.qwen_audio:QwenAudioAdapter",
-}
+#: config.model_type -> the adapter class, as "module:Class" (imported only when that family is loaded).
+ADAPTERS: Registry[type[MLLMAdapter]] = Registry(
+    "model family",
+    entries={
+        "llava": "smoothguard.models.llava:LlavaAdapter",
+        "qwen2_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
+        "qwen2_5_vl": "smoothguard.models.qwen_vl:QwenVLAdapter",
+        "qwen2_audio": "smoothguard.models.qwen_audio:QwenAudioAdapter",
+    },
+)
 
 
 def adapter_class_for(model_type: str) -> type[MLLMAdapter]:
     """The adapter class of a ``config.model_type``; the generic adapter for unknown types."""
-    if model_type not in ADAPTERS:
-        return AutoImageTextAdapter
-    module, _, cls = ADAPTERS[model_type].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return ADAPTERS.get(model_type) if model_type in ADAPTERS else AutoImageTextAdapter
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -74,22 +73,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def model_plugin_names() -> list[str]:
     """Names of the installed model plug-ins (``smoothguard.models`` entry points)."""
-    return sorted({entry.name for entry in entry_points(group=MODEL_ENTRY_POINT_GROUP)})
+    return MODELS.names()
 
 
 def _plugin_folder(name: str) -> Path | None:
     """The folder of the model plug-in called ``name``, or ``None`` when no plug-in has that name."""
-    entry = next(iter(entry_points(group=MODEL_ENTRY_POINT_GROUP, name=name)), None)
-    if entry is None:
+    if name not in MODELS:
         return None
+    plugin = MODELS.get(name)
     try:
-        folder = Path(entry.load()())
+        folder = Path(plugin())
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) failed: {first_line(exc)}") from exc
+        raise ModelLoadError(f"model plug-in {name!r} ({MODELS.target(name)}) failed: {first_line(exc)}") from exc
     if not folder.is_dir():
-        raise ModelLoadError(f"model plug-in {name!r} ({entry.value}) gave {folder}, which is not a folder")
+        raise ModelLoadError(f"model plug-in {name!r} ({MODELS.target(name)}) gave {folder}, which is not a folder")
     return folder
 
 
