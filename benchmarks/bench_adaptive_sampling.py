@@ -29,6 +29,7 @@ from smoothguard import AdaptiveSampling, SmoothGuard, load_model
 from smoothguard.certify import YesNoParser
 from smoothguard.embed import MiniLMEmbedder
 from smoothguard.eval.base import get_benchmark
+from smoothguard.noise import parse_sigmas
 
 
 def run_arm(guard: SmoothGuard, items: list, max_new_tokens: int, per_call: int) -> tuple[list, float]:
@@ -64,7 +65,7 @@ def main() -> None:
     plan = AdaptiveSampling(alpha=args.alpha, round_size=args.round_size)
     yes_no = YesNoParser()
     rows = []
-    for sigma in (float(s) for s in args.sigmas.split(",")):
+    for sigma in parse_sigmas(args.sigmas, args.noise_space):
         common = {"sigma": sigma, "num_copies": args.num_copies, "noise_space": args.noise_space, "embedder": embedder}
         for guard in (SmoothGuard(model, **common), SmoothGuard(model, adaptive=plan, **common)):
             run_arm(guard, items[: args.per_call], args.max_new_tokens, args.per_call)  # warm-up

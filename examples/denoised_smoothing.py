@@ -25,8 +25,9 @@ from pathlib import Path
 from smoothguard.attacks import check_strength
 from smoothguard.config import GuardConfig
 from smoothguard.eval.runner import GuardSpec
-from smoothguard.eval.sweep import parse_sigmas, run_sweep
+from smoothguard.eval.sweep import run_sweep
 from smoothguard.models.auto import load_model, set_threads
+from smoothguard.noise import parse_sigmas
 from smoothguard.stats import clopper_pearson_interval, format_rate
 from smoothguard.testbed.demo import SHIPPED_ATTACKS
 

@@ -12,7 +12,7 @@ from smoothguard.cli import EXIT_USER_ERROR, main
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
 from smoothguard.eval import GuardSpec, run_sweep
-from smoothguard.eval.sweep import parse_sigmas
+from smoothguard.noise import parse_sigmas
 
 
 def read_csv(path):

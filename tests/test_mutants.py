@@ -527,9 +527,10 @@ def test_server_integer_settings_refuse_floats_and_accept_one():
 
     ServerSettings(max_prompt_tokens=1, max_batch_queries=1)
     for name in ("max_prompt_tokens", "max_batch_queries"):
-        with pytest.raises(ConfigError, match=rf"^{name} must be an integer, got 2.5$"):
+        label = rf"{name} \(--{name.replace('_', '-')}\)"
+        with pytest.raises(ConfigError, match=rf"^{label} must be an integer >= 1, got 2.5$"):
             ServerSettings(**{name: 2.5})
-        with pytest.raises(ConfigError, match=rf"^{name} \(--{name.replace('_', '-')}\) must be >= 1, got 0$"):
+        with pytest.raises(ConfigError, match=rf"^{label} must be an integer >= 1, got 0$"):
             ServerSettings(**{name: 0})
 
 

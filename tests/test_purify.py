@@ -146,7 +146,7 @@ def test_eot_gradient_runs_through_noise_and_purifier(tiny_llava, minilm):
     assert step0.shape[0] == 2 and not torch.equal(step0, step1)
     assert torch.equal(clean0, pixels.unsqueeze(0)) and torch.equal(clean1, clean0)  # no noise on the clean one
     assert eot.describe()["purifier"] == {"name": "recorder"} and eot.describe()["purify_clean"] is True
-    with pytest.raises(ConfigError, match="needs pixel noise"):
+    with pytest.raises(ConfigError, match="use noise space pixel, not normalized"):
         EOT(SmoothGuard(tiny_llava, embedder=minilm).noise, 2, recorder)
 
 

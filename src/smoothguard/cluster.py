@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_int, check_seed
 
 N_INIT = 10
 _SIM_TIE_TOL = 1e-12
@@ -50,10 +50,6 @@ class ClusterOutcome:
     num_distinct: int
     similarity_to_centroid: list[float]
     votes: dict[str, int] = field(default_factory=dict)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _validate(
@@ -76,12 +72,10 @@ def _validate(
         raise ConfigError(f"Got {len(texts)} texts but {x.shape[0]} embedding rows; they must match.")
     if not np.isfinite(x).all():
         raise ConfigError("embeddings contain NaN or infinite values.")
-    if not _is_int(num_clusters) or num_clusters < 1:
-        raise ConfigError(f"num_clusters must be an integer >= 1, got {num_clusters!r}.")
-    if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
-    if prefer_index is not None and (not _is_int(prefer_index) or not 0 <= prefer_index < len(texts)):
-        raise ConfigError(f"prefer_index must be None or an index in [0, {len(texts)}), got {prefer_index!r}.")
+    check_int("num_clusters", num_clusters, minimum=1)
+    check_seed(seed)
+    if prefer_index is not None:
+        check_int("prefer_index", prefer_index, minimum=0, maximum=len(texts) - 1)
     return texts, x
 
 
@@ -177,8 +171,8 @@ def vote(texts: Sequence[str], parsed: Sequence[str], *, prefer_index: int | Non
     """
     if isinstance(texts, str) or isinstance(parsed, str) or len(texts) != len(parsed) or not len(texts):
         raise ConfigError("vote() needs one parsed label per candidate answer, and at least one")
-    if prefer_index is not None and (not _is_int(prefer_index) or not 0 <= prefer_index < len(texts)):
-        raise ConfigError(f"prefer_index must be None or an index in [0, {len(texts)}), got {prefer_index!r}.")
+    if prefer_index is not None:
+        check_int("prefer_index", prefer_index, minimum=0, maximum=len(texts) - 1)
     counts = Counter(parsed)  # insertion order = first occurrence
     largest = max(counts.values())
     tied = [label for label, count in counts.items() if count == largest]

@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothguard.answers import check_parser_name
-from smoothguard.errors import ConfigError, check_int
-from smoothguard.noise import DEFAULT_SIGMA, NOISE_SPACES, validate_sigma
+from smoothguard.errors import ConfigError, check_int, check_seed
+from smoothguard.noise import DEFAULT_SIGMA, NOISE_SPACES, check_purifier_space, validate_sigma
 from smoothguard.sampling import AdaptiveSampling
 
 #: How the candidates are aggregated: the paper's k-means over answer embeddings, or a majority vote over
 #: answers parsed into discrete labels (``parser``).
 VOTES = ("cluster", "parsed")
-#: Seeds must fit k-means' ``random_state`` (and the noise generator): [0, 2**32).
-MAX_SEED = 2**32
 
 
 def _help(text: str) -> dict[str, str]:
@@ -96,8 +94,7 @@ class GuardConfig:
         if self.sigma is not None:
             object.__setattr__(self, "sigma", validate_sigma(self.sigma, self.noise_space))
         check_int("num_copies", self.num_copies, minimum=0)
-        if check_int("seed", self.seed, minimum=0) >= MAX_SEED:
-            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
+        check_seed(self.seed)
         check_int("num_clusters", self.num_clusters, minimum=1)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, minimum=1)
@@ -107,11 +104,8 @@ class GuardConfig:
             raise ConfigError(f"embedder must be a non-empty spec string or None, got {self.embedder!r}")
         if self.purifier is not None and (not isinstance(self.purifier, str) or not self.purifier.strip()):
             raise ConfigError(f"purifier must be a non-empty spec string or None, got {self.purifier!r}")
-        if self.purifier is not None and self.noise_space not in (None, "pixel"):
-            raise ConfigError(
-                f"a purifier cleans [0, 1] pixels: use noise space pixel, not {self.noise_space} "
-                "(sigma in pixel units; the paper's 0.1 normalized is ~0.027 pixel for CLIP)"
-            )
+        if self.purifier is not None:
+            check_purifier_space(self.noise_space)
         if not isinstance(self.purify_clean, bool):
             raise ConfigError(f"purify_clean must be True or False, got {self.purify_clean!r}")
         if self.vote not in VOTES:

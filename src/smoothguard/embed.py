@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from smoothguard.errors import ConfigError, ModelLoadError
+from smoothguard.errors import ConfigError, ModelLoadError, check_int
 from smoothguard.registry import Registry
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -96,8 +96,7 @@ class RobertaMeanEmbedder:
     """
 
     def __init__(self, source: str | Path, *, device: str = "cpu", max_length: int = 128) -> None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ConfigError(f"max_length must be a positive integer, got {max_length!r}.")
+        check_int("max_length", max_length, minimum=1)
         source = str(source)
         try:
             from transformers import AutoModel, AutoTokenizer

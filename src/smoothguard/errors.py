@@ -11,6 +11,8 @@ from pathlib import Path
 
 #: Refuse files larger than this before reading them.
 DEFAULT_MAX_FILE_BYTES: int = 256 * 2**20
+#: Seeds must fit k-means' ``random_state`` and numpy's generators: [0, 2**32).
+MAX_SEED = 2**32
 
 
 class SmoothGuardError(Exception):
@@ -51,10 +53,20 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def check_int(name: str, value: object, *, minimum: int) -> int:
-    """``value`` if it is an integer (not a bool) >= ``minimum``; ConfigError naming ``name`` otherwise."""
+def check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum`` (and <= ``maximum`` when given); ConfigError
+    naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be an integer in [{minimum}, {maximum}], got {value!r}")
+    return int(value)
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` if it is an integer in [0, ``MAX_SEED``); ConfigError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < MAX_SEED:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {value!r}")
     return int(value)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smoothguard.errors import ConfigError, check_int
+from smoothguard.errors import ConfigError, check_int, check_seed
 
 if TYPE_CHECKING:
     import torch
@@ -71,11 +71,33 @@ def validate_sigma(sigma: object, space: str | None = None) -> float:
     return float(sigma)
 
 
+def check_purifier_space(space: str | None) -> None:
+    """The rule for purifiers, wherever one is set: a purifier cleans [0, 1] pixels, so its noise must be in
+    pixel space (``None``: not chosen yet, and then pixel). ConfigError otherwise."""
+    if space not in (None, "pixel"):
+        raise ConfigError(
+            f"a purifier cleans [0, 1] pixels: use noise space pixel, not {space} "
+            "(sigma in pixel units; the paper's 0.1 normalized is ~0.027 pixel for CLIP)"
+        )
+
+
+def parse_sigmas(text: str, space: str | None = None) -> list[float]:
+    """``--sigmas``: ``"0,0.05,0.1"`` -> ``[0.0, 0.05, 0.1]``, each checked by :func:`validate_sigma` (in
+    ``space`` when given), at least one and no repeats."""
+    try:
+        sigmas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--sigmas must be comma-separated numbers such as 0,0.05,0.1; got {text!r}") from exc
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ConfigError(f"--sigmas needs at least one value and no repeats; got {text!r}")
+    return [validate_sigma(sigma, space) for sigma in sigmas]
+
+
 def query_seed(seed: int, key: str) -> int:
     """The base seed of the query named ``key`` under the guard's ``seed`` (in [0, 2**32))."""
     import numpy as np
 
-    check_int("seed", seed, minimum=0)
+    check_seed(seed)
     digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
     return int(np.random.SeedSequence([seed, digest]).generate_state(1)[0])
 
@@ -98,7 +120,7 @@ def copy_seed(seed: int, index: int) -> int:
     ``SeedSequence([seed, index])`` (independent streams, in [0, 2**32))."""
     import numpy as np
 
-    check_int("seed", seed, minimum=0)
+    check_seed(seed)
     check_int("copy index", index, minimum=0)
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
@@ -144,8 +166,8 @@ class GaussianNoise:
         ``MAX_NOISY_VALUES // media.numel()`` copies (at least one) at a time. ``clean``: the medium's
         ``preprocess`` output, when the caller already has it. Differentiable w.r.t. ``media`` (the defense
         runs it under ``no_grad``, the EOT attack through it)."""
-        if purifier is not None and self.space != "pixel":
-            raise ConfigError(f"a purifier cleans [0, 1] pixels: it needs pixel-space noise, not {self.space}")
+        if purifier is not None:
+            check_purifier_space(self.space)
         if self.space == "normalized":
             clean = adapter.preprocess(media.unsqueeze(0)) if clean is None else clean
             key = adapter.normalized_key

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, first_line
+from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, check_seed, first_line
 from smoothguard.noise import validate_sigma
 from smoothguard.registry import Registry
 
@@ -190,7 +190,7 @@ class DiffusionPurifier:
         """``unet``: a diffusers ``UNet2DModel`` (3 channels in and out, unconditional); ``scheduler``: a DDPM-type
         diffusers scheduler (its ``alphas_cumprod`` and ``prediction_type`` are used, not its ``step``)."""
         self.steps = check_int("steps", steps, minimum=1)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_seed(seed)
         config = unet.config
         if (config.in_channels, config.out_channels) != (3, 3):
             raise ModelLoadError(

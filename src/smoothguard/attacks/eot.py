@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import check_int
 from smoothguard.guard import SmoothGuard
 from smoothguard.models.base import MLLMAdapter
-from smoothguard.noise import GaussianNoise, copy_seeds
+from smoothguard.noise import GaussianNoise, check_purifier_space, copy_seeds
 from smoothguard.purify import identity
 
 
@@ -41,12 +41,9 @@ class EOT:
     purify_clean: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"EOT samples must be an integer >= 1, got {self.samples!r}")
-        if self.purifier is not None and self.noise.space != "pixel":
-            raise ConfigError(
-                f"a purifier cleans [0, 1] pixels: EOT through it needs pixel noise, not {self.noise.space}"
-            )
+        check_int("EOT samples", self.samples, minimum=1)
+        if self.purifier is not None:
+            check_purifier_space(self.noise.space)
 
     @classmethod
     def from_guard(cls, guard: SmoothGuard, samples: int = 8) -> EOT:

@@ -12,7 +12,7 @@ import torch
 
 from smoothguard.attacks.eot import step_seed
 from smoothguard.attacks.loss import target_losses
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_int
 from smoothguard.models.base import MLLMAdapter
 
 #: One medium's model inputs, or several (the EOT samples of a step), answered in one batch.
@@ -42,12 +42,7 @@ class TargetObjective:
     def __post_init__(self) -> None:
         if not self.targets or any(not isinstance(t, str) or not t.strip() for t in self.targets):
             raise ConfigError("targets must be a non-empty list of non-empty strings")
-        if (
-            isinstance(self.targets_per_step, bool)
-            or not isinstance(self.targets_per_step, int)
-            or self.targets_per_step < 1
-        ):
-            raise ConfigError(f"targets_per_step must be >= 1, got {self.targets_per_step!r}")
+        check_int("targets_per_step", self.targets_per_step, minimum=1)
 
     @classmethod
     def of(cls, targets: Sequence[str] | str, targets_per_step: int = 8, seed: int = 0) -> TargetObjective:

@@ -26,7 +26,7 @@ from smoothguard.answers import target_generated
 from smoothguard.attacks import NORMS, SCHEDULES
 from smoothguard.attacks.eot import EOT, step_seed
 from smoothguard.attacks.objectives import Objective, TargetObjective
-from smoothguard.errors import ConfigError, InputError, UnsupportedError
+from smoothguard.errors import ConfigError, InputError, UnsupportedError, check_int, check_seed
 from smoothguard.inputs import validate_prompt
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.progress import Progress
@@ -114,11 +114,10 @@ class PGD:
             ("steps", steps, 0),
             ("restarts", restarts, 1),
             ("check_every", check_every, 1),
-            ("seed", seed, 0),
             ("checkpoint_every", checkpoint_every, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            check_int(name, value, minimum=minimum)
+        check_seed(seed)
         self.eps, self.alpha, self.steps, self.norm, self.schedule = eps, alpha, steps, norm, schedule
         self.restarts = restarts
         self.random_start, self.eot, self.early_stop, self.check_every = random_start, eot, early_stop, check_every

@@ -15,7 +15,7 @@ from smoothguard.certify.core import DEFAULT_BATCH_SIZE
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError, check_output_folder
-from smoothguard.noise import validate_sigma
+from smoothguard.noise import parse_sigmas
 from smoothguard.stats import validate_alpha
 
 #: Guard options that do not apply to certification (no vote: every copy is a sample).
@@ -56,7 +56,10 @@ def register(commands: Any) -> None:
         "--universal-image", help="testbed-safety: every request on these images (file, folder or a,b,c) instead"
     )
     parser.add_argument(
-        "--sigma", default="0.25", help="noise std in --noise-space units; comma-separated for several (default 0.25)"
+        "--sigmas",
+        "--sigma",
+        default="0.25",
+        help="noise std in --noise-space units; comma-separated for several (default 0.25)",
     )
     parser.add_argument("--n0", type=int, default=100, help="selection copies per item (default 100)")
     parser.add_argument("--n", type=int, default=1000, help="estimation copies per item (default 1000)")
@@ -73,7 +76,7 @@ def register(commands: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    args.sigmas = [validate_sigma(sigma, args.noise_space) for sigma in _numbers(args.sigma, "--sigma")]
+    args.sigmas = parse_sigmas(args.sigmas, args.noise_space)
     args.radii = _numbers(args.radii, "--radii")
     for name in ("n0", "n", "limit", "max_new_tokens"):
         value = getattr(args, name)

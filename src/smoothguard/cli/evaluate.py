@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
 from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.eval.base import benchmark_names
+from smoothguard.noise import parse_sigmas
 
 if TYPE_CHECKING:
     from smoothguard.eval.runner import GuardSpec
@@ -41,7 +42,7 @@ def register(commands: Any) -> None:
         description="Answer every item of a benchmark through SmoothGuard (or undefended), judge and score the "
         "answers. Records go to RUN_DIR/records.jsonl as produced; rerunning the same command resumes.",
     )
-    _add_run_options(evaluate, add_guard_options)
+    _add_run_options(evaluate, lambda parser: add_guard_options(parser, defense=True))
     evaluate.add_argument("--shard", help="i/n: answer items i, i+n, i+2n, ... (0 <= i < n), e.g. one per GPU")
     evaluate.add_argument("--out", type=Path, help="run folder (default runs/BENCH/MODEL/undefended|sigma-S)")
     evaluate.set_defaults(precheck=_check, run=_run_eval)
@@ -52,7 +53,7 @@ def register(commands: Any) -> None:
         description="One defended run per sigma in OUT/sigma-S/ (finished runs are reused), then "
         "OUT/utility-vs-sigma.{png,csv} or OUT/asr-vs-sigma.{png,csv}.",
     )
-    _add_run_options(sweep, lambda parser: add_guard_options(parser, exclude=("sigma",)))
+    _add_run_options(sweep, lambda parser: add_guard_options(parser, exclude=("sigma",), defense=True))
     sweep.add_argument("--sigma", type=float, help=argparse.SUPPRESS)  # only to say that sweep takes --sigmas
     sweep.add_argument("--sigmas", required=True, help="comma-separated, e.g. 0,0.05,0.1,0.15,0.2,0.3,0.4,0.5")
     sweep.add_argument("--out", type=Path, help="sweep folder (default runs/BENCH/MODEL/sweep)")
@@ -80,9 +81,6 @@ def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[a
     add_model_options(parser)
     parser.add_argument("--data", type=Path, help="the benchmark's data folder, in its published layout (README)")
     guard_options(parser)
-    parser.add_argument(
-        "--defense", action=argparse.BooleanOptionalAction, default=True, help="SmoothGuard on (default) or off"
-    )
     parser.add_argument("--max-new-tokens", type=int, help="default: the benchmark's (128; llava-bench 256)")
     parser.add_argument("--limit", type=int, help="only the first N items")
     parser.add_argument(
@@ -112,19 +110,17 @@ def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[a
 
 
 def _check(args: argparse.Namespace) -> None:
-    args.guard = guard_config(args, **({} if args.defense else {"num_copies": 0}))
+    args.guard = guard_config(args)
     if args.out:
         check_output_folder(args.out, "--out")
     args.shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
 
 
 def _check_sweep(args: argparse.Namespace) -> None:
-    from smoothguard.eval.sweep import parse_sigmas
-
     if args.sigma is not None:
         raise ConfigError("sweep takes --sigmas (a list), not --sigma")
     args.sigmas = parse_sigmas(args.sigmas)
-    args.guard = guard_config(args, sigma=args.sigmas[0], **({} if args.defense else {"num_copies": 0}))
+    args.guard = guard_config(args, sigma=args.sigmas[0])
     if args.out:
         check_output_folder(args.out, "--out")
 

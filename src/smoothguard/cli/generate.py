@@ -18,15 +18,14 @@ def register(commands: Any) -> None:
     media.add_argument("--image", help="image file (PNG, JPEG, BMP, ...)")
     media.add_argument("--audio", help="audio file (WAV, FLAC, OGG) for audio models")
     gen.add_argument("--prompt", required=True)
-    add_guard_options(gen)
-    gen.add_argument("--no-defense", action="store_true", help="undefended baseline (same as --num-copies 0)")
+    add_guard_options(gen, defense=True)
     gen.add_argument("--max-new-tokens", type=int, default=128, help="default: 128 (paper: POPE, MM-SafetyBench)")
     gen.add_argument("--json", action="store_true", help="print the full result as JSON")
     gen.set_defaults(precheck=check, run=run)
 
 
 def check(args: argparse.Namespace) -> None:
-    args.guard = guard_config(args, **({"num_copies": 0} if args.no_defense else {}))
+    args.guard = guard_config(args)
     check_int("max_new_tokens", args.max_new_tokens, minimum=1)
     check_file(args.image or args.audio, args.image or args.audio, kind="image" if args.image else "audio")
 

@@ -79,12 +79,14 @@ def add_guard_options(
     defaults: GuardConfig | None = None,
     exclude: Collection[str] = (),
     unset: dict[str, str] | None = None,
+    defense: bool = False,
 ) -> None:
     """One option per ``GuardConfig`` field (``--sigma``, ``--num-copies``, ``--noise-space``, ``--seed``,
     ``--no-clamp``, ``--num-clusters``, ``--embedder``, ``--batch-size``, ``--adaptive``, ``--purifier``,
     ``--no-purify-clean``, ``--vote``, ``--parser``) but those in
     ``exclude``, defaulting to ``defaults``' values; :func:`guard_config` reads them back. ``unset``: fields
-    whose option defaults to ``None`` (not given: the command decides), each with its help text."""
+    whose option defaults to ``None`` (not given: the command decides), each with its help text. ``defense``:
+    add ``--defense/--no-defense`` too (for the commands that can run undefended)."""
     defaults = defaults or GuardConfig()
     unset = unset or {}
     group = parser.add_argument_group("SmoothGuard")
@@ -99,16 +101,25 @@ def add_guard_options(
             default = None
         help_text = unset.get(field.name, field.metadata["help"])
         group.add_argument(*flags, dest=field.name, default=default, help=help_text, **special)
+    if defense:
+        group.add_argument(
+            "--defense",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="SmoothGuard on (default), or off: the undefended baseline (--num-copies 0)",
+        )
     parser.set_defaults(guard_defaults=defaults, guard_fields=tuple(field.name for field in fields))
 
 
 def guard_config(args: argparse.Namespace, **changes: Any) -> GuardConfig:
     """The ``GuardConfig`` of the options :func:`add_guard_options` added (validated), with ``changes``; an
-    ``unset`` option left out keeps the default's value."""
+    ``unset`` option left out keeps the default's value; ``--no-defense`` makes ``num_copies`` 0."""
     defaults: GuardConfig = args.guard_defaults
     given = {name: getattr(args, name) for name in args.guard_fields if getattr(args, name) is not None}
     if "adaptive" in given:
         given["adaptive"] = defaults.adaptive or True if given["adaptive"] else None
+    if not getattr(args, "defense", True):
+        given["num_copies"] = 0
     config = defaults.replace(**{**given, **changes})
     if config.purifier is not None:
         check_purifier_spec(config.purifier)

@@ -34,9 +34,10 @@ def register(commands: Any) -> None:
     _add_upstream_options(serve)
     add_model_options(serve, local_only=True)
     add_guard_options(
-        serve, unset={"seed": "fix the noise seed of every request (default: a fresh seed from the OS per request)"}
+        serve,
+        unset={"seed": "fix the noise seed of every request (default: a fresh seed from the OS per request)"},
+        defense=True,
     )
-    serve.add_argument("--no-defense", action="store_true", help="serve the plain model (num_copies 0, no overrides)")
     server = serve.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback only)")
     server.add_argument("--port", type=int, default=8000)
@@ -103,14 +104,14 @@ def _check(args: argparse.Namespace) -> None:
     from smoothguard.server.settings import ServerSettings
 
     fixed_seed = args.seed is not None  # unless --seed is given, every request draws its own
-    args.guard = guard_config(args, **({"num_copies": 0} if args.no_defense else {}))
+    args.guard = guard_config(args)
     args.source, args.remote_options, served_name = _model_source(args)
     args.settings = ServerSettings(
         model_name=served_name,
         api_key=_key_from_env(args.api_key_env, "--api-key-env"),
         max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels,
-        max_num_copies=0 if args.no_defense else args.max_num_copies,
+        max_num_copies=args.max_num_copies if args.defense else 0,
         max_sigma=args.max_sigma,
         max_new_tokens=args.max_tokens_limit,
         default_max_new_tokens=args.max_new_tokens,

@@ -29,4 +29,3 @@ def plot_vs_sigma(
         axes.legend()
     figure.savefig(path, dpi=150)
     return path
-

@@ -13,19 +13,7 @@ from smoothguard.errors import ConfigError
 from smoothguard.eval.base import Benchmark, get_benchmark
 from smoothguard.eval.plots import plot_vs_sigma
 from smoothguard.eval.runner import GuardSpec, ModelSource, evaluate
-from smoothguard.noise import validate_sigma
 from smoothguard.records import write_csv
-
-
-def parse_sigmas(text: str) -> list[float]:
-    """``"0,0.05,0.1"`` -> ``[0.0, 0.05, 0.1]`` (each a number >= 0, no repeats)."""
-    try:
-        sigmas = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"--sigmas must be comma-separated numbers such as 0,0.05,0.1; got {text!r}") from exc
-    if not sigmas or len(set(sigmas)) != len(sigmas):
-        raise ConfigError(f"--sigmas needs at least one value and no repeats; got {text!r}")
-    return [validate_sigma(s) for s in sigmas]
 
 
 def run_sweep(

@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_int
 
 #: Seconds an idle worker thread waits for an item before it stops.
 IDLE_SECONDS = 5.0
@@ -59,8 +59,7 @@ class Batcher:
         idle: float = IDLE_SECONDS,
         name: str = "smoothguard-batcher",
     ) -> None:
-        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
-            raise ConfigError(f"max_items must be an integer >= 1, got {max_items!r}")
+        check_int("max_items", max_items, minimum=1)
         if not window >= 0:  # also refuses NaN
             raise ConfigError(f"window must be >= 0 seconds, got {window!r}")
         self.window = float(window)

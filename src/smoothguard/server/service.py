@@ -48,9 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothguard.config import MAX_SEED
 from smoothguard.embed import Embedder
-from smoothguard.errors import ConfigError
+from smoothguard.errors import MAX_SEED, ConfigError
 from smoothguard.guard import GuardResult, SmoothGuard
 from smoothguard.inputs import validate_prompt
 from smoothguard.models.remote import RemoteAdapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from smoothguard.errors import ConfigError
+from smoothguard.errors import ConfigError, check_int
 from smoothguard.server.urls import UrlPrefix, UrlRefused, normalize_url
 
 #: The longest batching window a server accepts (milliseconds): batching waits for batch-mates a few
@@ -57,10 +57,7 @@ class ServerSettings:
         for name in ("max_body_bytes", "max_image_pixels", "max_new_tokens", "default_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if isinstance(self.max_prompt_tokens, bool) or not isinstance(self.max_prompt_tokens, int):
-            raise ConfigError(f"max_prompt_tokens must be an integer, got {self.max_prompt_tokens!r}")
-        if self.max_prompt_tokens < 1:
-            raise ConfigError(f"max_prompt_tokens (--max-prompt-tokens) must be >= 1, got {self.max_prompt_tokens}")
+        check_int("max_prompt_tokens (--max-prompt-tokens)", self.max_prompt_tokens, minimum=1)
         if not (isinstance(self.request_timeout, (int, float)) and math.isfinite(self.request_timeout)):
             raise ConfigError(
                 f"request_timeout (--request-timeout) must be a finite number of seconds, got {self.request_timeout!r}"
@@ -76,10 +73,7 @@ class ServerSettings:
                 f"batch_window_ms (--batch-window-ms) must be a number of milliseconds in 0..{MAX_BATCH_WINDOW_MS:,}, "
                 f"got {self.batch_window_ms!r}"
             )
-        if isinstance(self.max_batch_queries, bool) or not isinstance(self.max_batch_queries, int):
-            raise ConfigError(f"max_batch_queries must be an integer, got {self.max_batch_queries!r}")
-        if self.max_batch_queries < 1:
-            raise ConfigError(f"max_batch_queries (--max-batch-queries) must be >= 1, got {self.max_batch_queries}")
+        check_int("max_batch_queries (--max-batch-queries)", self.max_batch_queries, minimum=1)
         if self.max_num_copies < 0 or self.max_sigma < 0 or self.fetch_timeout <= 0:
             raise ConfigError("max_num_copies and max_sigma must be >= 0 and fetch_timeout > 0")
         if self.default_max_new_tokens > self.max_new_tokens:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, first_line
+from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_int, check_seed, first_line
 from smoothguard.noise import validate_sigma
 from smoothguard.progress import Progress
 from smoothguard.purify import PURIFIER_FILE
@@ -159,7 +159,7 @@ class DenoiserConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "probe_every", "probe_scenes"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("warmup", self.warmup, minimum=0)
-        check_int("seed", self.seed, minimum=0)
+        check_seed(self.seed)
         for name, value, top in (
             ("lr", self.lr, math.inf),
             ("sigma_max", self.sigma_max, 1.0),
