@@ -13,12 +13,11 @@ from smoothguard import ConfigError, SmoothGuard
 from smoothguard.certify import (
     ChoiceParser,
     RefusalParser,
+    Smoothed,
     YesNoParser,
     certified_radius,
-    certify,
     certify_from_counts,
     noisy_answers,
-    predict,
     predict_from_counts,
 )
 from smoothguard.cli import EXIT_USER_ERROR, main
@@ -126,11 +125,11 @@ def test_certify_returns_a_radius_when_the_answers_agree(tiny_llava, image_file)
     guard = SmoothGuard(tiny_llava, sigma=0.01, noise_space="pixel", seed=0)
     clean = SmoothGuard(tiny_llava, num_copies=0).generate(PROMPT, image=image_file, max_new_tokens=4).text
     same = lambda answer: "clean" if answer == clean else "other"  # noqa: E731
-    certificate = certify(guard, PROMPT, image_file, same, n0=5, n=30, alpha=0.001, max_new_tokens=4)
+    certificate = Smoothed(guard, same).certify(PROMPT, image_file, n0=5, n=30, alpha=0.001, max_new_tokens=4)
     assert certificate.answer == "clean" and certificate.counts == {"clean": 30}
     assert certificate.radius == pytest.approx(0.01 * NormalDist().inv_cdf(0.001 ** (1 / 30)))
     assert certificate.noise_space == "pixel"
-    assert predict(guard, PROMPT, image_file, same, n=30, alpha=0.001, max_new_tokens=4).answer == "clean"
+    assert Smoothed(guard, same).predict(PROMPT, image_file, n=30, alpha=0.001, max_new_tokens=4).answer == "clean"
 
 
 def test_certify_abstains_when_the_answers_split_and_is_reproducible(tiny_llava, image_file):
@@ -139,10 +138,10 @@ def test_certify_abstains_when_the_answers_split_and_is_reproducible(tiny_llava,
     clean = SmoothGuard(tiny_llava, num_copies=0).generate(PROMPT, image=image_file, max_new_tokens=4).text
     same = lambda answer: "clean" if answer == clean else "other"  # noqa: E731
     guard = SmoothGuard(tiny_llava, sigma=1.0, noise_space="pixel", seed=3)
-    first = certify(guard, PROMPT, image_file, same, n0=10, n=60, max_new_tokens=4)
+    first = Smoothed(guard, same).certify(PROMPT, image_file, n0=10, n=60, max_new_tokens=4)
     assert min(first.counts.values()) >= 15
     assert first.abstained and first.radius == 0.0 and first.p_lower <= 0.5
-    again = certify(guard, PROMPT, image_file, same, n0=10, n=60, max_new_tokens=4)
+    again = Smoothed(guard, same).certify(PROMPT, image_file, n0=10, n=60, max_new_tokens=4)
     assert again.to_dict() == first.to_dict()
 
 

@@ -476,14 +476,14 @@ def test_predict_defaults_and_arguments():
     ``**generate_kwargs`` -> None / dropped; ``check_int("n", n, minimum=1)`` name -> None / "XXnXX" /
     "N" and minimum -> 2."""
     guard = _FakeGuard(["yes"] * 101)
-    prediction = core.predict(guard, "p", "m", str)
+    prediction = core.Smoothed(guard, str).predict("p", "m")
     assert (prediction.n, prediction.alpha) == (100, 0.001)
     assert guard.calls[-1] == ("sample", "query", list(range(100)), {"max_new_tokens": 16})
     guard = _FakeGuard(["yes"])
-    core.predict(guard, "p", "m", str, n=1, query_id="q", top_k=3)
+    core.Smoothed(guard, str).predict("p", "m", n=1, query_id="q", top_k=3)
     assert guard.calls[1][3] == ["q"] and guard.calls[-1][3] == {"max_new_tokens": 16, "top_k": 3}
     with pytest.raises(ConfigError) as caught:
-        core.predict(guard, "p", "m", str, n=0)
+        core.Smoothed(guard, str).predict("p", "m", n=0)
     assert _names(str(caught.value), "n")
 
 
@@ -492,15 +492,15 @@ def test_certify_defaults_and_arguments():
     ``**generate_kwargs`` -> None / dropped; ``check_int("n0" | "n", ..., minimum=1)`` name -> None /
     "XX..XX" / upper case and minimum -> 2."""
     guard = _FakeGuard(["yes"] * 1101)
-    certificate = core.certify(guard, "p", "m", str)
+    certificate = core.Smoothed(guard, str).certify("p", "m")
     assert (certificate.n0, certificate.n) == (100, 1000)
     assert guard.calls[-1] == ("sample", "query", list(range(1100)), {"max_new_tokens": 16})
     guard = _FakeGuard(["yes"] * 2)
-    core.certify(guard, "p", "m", str, n0=1, n=1, query_id="q", top_k=3)
+    core.Smoothed(guard, str).certify("p", "m", n0=1, n=1, query_id="q", top_k=3)
     assert guard.calls[1][3] == ["q"] and guard.calls[-1][3] == {"max_new_tokens": 16, "top_k": 3}
     for settings, word in (({"n0": 0}, "n0"), ({"n": 0}, "n")):
         with pytest.raises(ConfigError) as caught:
-            core.certify(guard, "p", "m", str, **settings)
+            core.Smoothed(guard, str).certify("p", "m", **settings)
         assert _names(str(caught.value), word)
 
 

@@ -54,13 +54,13 @@ _CERTIFY = "3-4 min each: 32 items x 410 copies at 2 sigmas (~26,000 generations
 
 #: Runnable here, but slow because of their size: run with SMOOTHGUARD_README_SLOW=1.
 SLOW = {
-    "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --noise-space pixel --n0 10 --n 400 "
+    "smoothguard certify --model testbed --benchmark testbed --sigmas 0.25,0.5 --noise-space pixel --n0 10 --n 400 "
     "--alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/yesno": _CERTIFY,
-    "smoothguard certify --model testbed --benchmark testbed --sigma 0.25,0.5 --purifier testbed-denoiser --n0 10 "
+    "smoothguard certify --model testbed --benchmark testbed --sigmas 0.25,0.5 --purifier testbed-denoiser --n0 10 "
     "--n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/yesno-denoised": _CERTIFY,
-    "smoothguard certify --model testbed --benchmark testbed-safety --sigma 0.25,0.5 --noise-space pixel --n0 10 "
+    "smoothguard certify --model testbed --benchmark testbed-safety --sigmas 0.25,0.5 --noise-space pixel --n0 10 "
     "--n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/refusal": _CERTIFY,
-    "smoothguard certify --model testbed --benchmark testbed-safety --sigma 0.25,0.5 --purifier testbed-denoiser "
+    "smoothguard certify --model testbed --benchmark testbed-safety --sigmas 0.25,0.5 --purifier testbed-denoiser "
     "--n0 10 --n 400 --alpha 0.001 --limit 32 --radii 0,0.25,0.5,1 --out runs/certify/refusal-denoised": _CERTIFY,
     "python examples/denoised_smoothing.py --out runs/denoised --threads 2": "~30 min: 8 settings x (1,007 "
     "questions + 768 safety trials) x 5 candidates, for the README's denoised-smoothing sweep",

@@ -31,7 +31,7 @@ from eval_support import make_pope_folder
 from server_support import data_uri, error_of, image_part, png_bytes, post, question, user
 from smoothguard import SmoothGuard, load_model
 from smoothguard.attacks.universal import UniversalJailbreak
-from smoothguard.certify import certify, noisy_answers
+from smoothguard.certify import Smoothed, noisy_answers
 from smoothguard.certify.run import certify_items
 from smoothguard.cli import EXIT_USER_ERROR, main
 from smoothguard.config import GuardConfig
@@ -431,7 +431,9 @@ def test_certify_on_audio_certifies_or_abstains_as_its_counts_say(audio_model):
     clips = {"quiet-1": torch.zeros(4000), "quiet-2": torch.zeros(4000), "loud": loud_clip()}
     outcomes = {}
     for query_id, clip in clips.items():
-        certificate = certify(guard, "What?", clip, str, n0=n0, n=n, alpha=alpha, query_id=query_id, max_new_tokens=4)
+        certificate = Smoothed(guard, str).certify(
+            "What?", clip, n0=n0, n=n, alpha=alpha, query_id=query_id, max_new_tokens=4
+        )
         answers = noisy_answers(guard, "What?", clip, range(n0 + n), query_id=query_id, max_new_tokens=4)
         assert certificate.selection_counts == Counter(answers[:n0]) and certificate.counts == Counter(answers[n0:])
         record = certificate.to_dict()

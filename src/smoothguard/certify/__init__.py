@@ -1,6 +1,7 @@
 """Certified answers (randomized smoothing, Cohen et al. 2019) over the guard's own sampling.
 
-- ``core``: ``predict`` / ``certify`` (PREDICT and CERTIFY) and their statistics on label counts;
+- ``core``: ``Smoothed(guard, parser)``, whose ``predict`` / ``certify`` are PREDICT and CERTIFY, and their
+  statistics on label counts;
 - ``run``: certify a yes/no benchmark resumably and tabulate certified accuracy against radius.
 """
 
@@ -14,12 +15,11 @@ _EXPORTS = {
     "Prediction": "smoothguard.certify.core",
     "RADIUS_UNITS": "smoothguard.certify.core",
     "RefusalParser": "smoothguard.answers",
+    "Smoothed": "smoothguard.certify.core",
     "YesNoParser": "smoothguard.answers",
     "certified_radius": "smoothguard.certify.core",
-    "certify": "smoothguard.certify.core",
     "certify_from_counts": "smoothguard.certify.core",
     "noisy_answers": "smoothguard.certify.core",
-    "predict": "smoothguard.certify.core",
     "predict_from_counts": "smoothguard.certify.core",
 }
 __all__ = list(_EXPORTS)

@@ -6,7 +6,8 @@ parsers of ``smoothguard.answers``, or any ``str -> str`` callable).
 The smoothed classifier ``g(x)`` returns the label ``f`` most likely gives under noise ``x + N(0, sigma^2 I)``.
 If ``p_A``, a lower confidence bound on that label's probability, exceeds 1/2, then ``g`` gives the same
 label for every input within L2 distance ``sigma * Phi^-1(p_A)`` of ``x`` (with probability >= 1 - alpha
-over the sampling). :func:`certify` is Cohen et al.'s CERTIFY, :func:`predict` their PREDICT.
+over the sampling). :class:`Smoothed` is ``g``: its ``certify`` is Cohen et al.'s CERTIFY, its ``predict``
+their PREDICT.
 
 Units of the radius: those of the noise space (``smoothguard.noise``), i.e. of the tensor the noise is
 added to.
@@ -162,50 +163,66 @@ def noisy_answers(
     return sampler.sample(query, copies, max_new_tokens=max_new_tokens, **generate_kwargs)[0]
 
 
-def predict(
-    guard: SmoothGuard,
-    prompt: str,
-    media: Any,
-    parser: AnswerParser,
-    *,
-    n: int = 100,
-    alpha: float = 0.001,
-    query_id: str | None = None,
-    max_new_tokens: int = 16,
-    **generate_kwargs: Any,
-) -> Prediction:
-    """Cohen et al.'s PREDICT for ``parser(answer)`` over ``n`` noisy copies (see :func:`predict_from_counts`)."""
-    check_int("n", n, minimum=1)
-    validate_alpha(alpha)
-    answers = noisy_answers(
-        guard, prompt, media, range(n), query_id=query_id, max_new_tokens=max_new_tokens, **generate_kwargs
-    )
-    return predict_from_counts(Counter(parser(a) for a in answers), alpha)
+class Smoothed:
+    """The smoothed classifier ``g`` over ``guard``'s sampling (Cohen et al.'s ``Smooth``): its base classifier
+    is ``parser(answer)`` (a ``str -> str`` callable, or a ``smoothguard.answers`` parser name) of the model's
+    answer to a noisy copy. ``predict`` and ``certify`` are their PREDICT and CERTIFY; the radius is in the
+    guard's noise-space units (:data:`RADIUS_UNITS`)."""
 
+    def __init__(self, guard: SmoothGuard, parser: AnswerParser | str) -> None:
+        from smoothguard.answers import load_parser
 
-def certify(
-    guard: SmoothGuard,
-    prompt: str,
-    media: Any,
-    parser: AnswerParser,
-    *,
-    n0: int = 100,
-    n: int = 1000,
-    alpha: float = 0.001,
-    query_id: str | None = None,
-    max_new_tokens: int = 16,
-    **generate_kwargs: Any,
-) -> Certificate:
-    """Cohen et al.'s CERTIFY for ``parser(answer)``: select on copies ``0 .. n0 - 1``, estimate on copies
-    ``n0 .. n0 + n - 1`` (see :func:`certify_from_counts`). The radius is in the guard's noise-space units."""
-    check_int("n0", n0, minimum=1)
-    check_int("n", n, minimum=1)
-    validate_alpha(alpha)
-    answers = noisy_answers(
-        guard, prompt, media, range(n0 + n), query_id=query_id, max_new_tokens=max_new_tokens, **generate_kwargs
-    )
-    labels = [parser(a) for a in answers]
-    return certify_from_counts(Counter(labels[:n0]), Counter(labels[n0:]), alpha, guard.noise.sigma, guard.noise.space)
+        self.guard = guard
+        self.parser = load_parser(parser) if isinstance(parser, str) else parser
+
+    def predict(
+        self,
+        prompt: str,
+        media: Any,
+        *,
+        n: int = 100,
+        alpha: float = 0.001,
+        query_id: str | None = None,
+        max_new_tokens: int = 16,
+        **generate_kwargs: Any,
+    ) -> Prediction:
+        """PREDICT over ``n`` noisy copies (see :func:`predict_from_counts`)."""
+        check_int("n", n, minimum=1)
+        validate_alpha(alpha)
+        answers = noisy_answers(
+            self.guard, prompt, media, range(n), query_id=query_id, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
+        return predict_from_counts(Counter(self.parser(a) for a in answers), alpha)
+
+    def certify(
+        self,
+        prompt: str,
+        media: Any,
+        *,
+        n0: int = 100,
+        n: int = 1000,
+        alpha: float = 0.001,
+        query_id: str | None = None,
+        max_new_tokens: int = 16,
+        **generate_kwargs: Any,
+    ) -> Certificate:
+        """CERTIFY: select on copies ``0 .. n0 - 1``, estimate on copies ``n0 .. n0 + n - 1`` (see
+        :func:`certify_from_counts`)."""
+        check_int("n0", n0, minimum=1)
+        check_int("n", n, minimum=1)
+        validate_alpha(alpha)
+        answers = noisy_answers(
+            self.guard,
+            prompt,
+            media,
+            range(n0 + n),
+            query_id=query_id,
+            max_new_tokens=max_new_tokens,
+            **generate_kwargs,
+        )
+        labels = [self.parser(a) for a in answers]
+        noise = self.guard.noise
+        return certify_from_counts(Counter(labels[:n0]), Counter(labels[n0:]), alpha, noise.sigma, noise.space)
 
 
 # -------------------------------------------------------------------------------------------- internals

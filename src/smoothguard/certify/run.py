@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothguard.answers import load_parser
-from smoothguard.certify.core import RADIUS_UNITS, certify
+from smoothguard.certify.core import RADIUS_UNITS, Smoothed
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError
 from smoothguard.guard import SmoothGuard
@@ -154,14 +153,12 @@ def _certificates(
     from smoothguard.progress import track
 
     sigma = guard.config.sigma
-    parser = load_parser(settings["parser"])
+    smoothed = Smoothed(guard, settings["parser"])
     for item in track(items, f"certify sigma {sigma:g}", "item", enabled=progress):
         began = time.perf_counter()
-        certificate = certify(
-            guard,
+        certificate = smoothed.certify(
             item.prompt,
             item.image,
-            parser,
             n0=settings["n0"],
             n=settings["n"],
             alpha=settings["alpha"],
