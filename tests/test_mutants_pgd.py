@@ -10,7 +10,7 @@ import torch
 
 from smoothguard.answers import target_generated
 from smoothguard.attacks import PGD, WaveformPGD
-from smoothguard.attacks.pgd import _check_range, _Run
+from smoothguard.attacks.base import Run, check_range
 from smoothguard.errors import InputError
 
 U = 1 / 255
@@ -79,8 +79,8 @@ def test_unconstrained_projection_only_clamps_to_the_range():
 
 
 def start(attack, x0):
-    """``attack._start`` of a fresh run (no checkpoint, restart 0, the attack's seed): its iterate and losses."""
-    run = attack._start(x0, {}, None, 0, attack.seed)
+    """``attack._begin`` of a fresh run (no checkpoint, restart 0, the attack's seed): its iterate and losses."""
+    run = attack._begin(x0, {}, None, 0, attack.seed)
     return run.x, run.losses
 
 
@@ -191,13 +191,13 @@ def test_waveform_finalize_keeps_the_samples_as_they_are():
 def test_range_check_names_the_values_and_both_bounds():
     """_check_range: NaN/inf refused; ``min() < low`` / ``max() > high`` (each strict: the bounds
     themselves are allowed); the message's figures."""
-    assert torch.equal(_check_range(torch.tensor([0.0, 1.0]), (0.0, 1.0), "image pixels"), torch.tensor([0.0, 1.0]))
+    assert torch.equal(check_range(torch.tensor([0.0, 1.0]), (0.0, 1.0), "image pixels"), torch.tensor([0.0, 1.0]))
     with pytest.raises(InputError, match=re.escape("image pixels must lie in [0, 1]; got [-0.5, 1]")):
-        _check_range(torch.tensor([-0.5, 1.0]), (0.0, 1.0), "image pixels")
+        check_range(torch.tensor([-0.5, 1.0]), (0.0, 1.0), "image pixels")
     with pytest.raises(InputError, match=re.escape("waveform samples must lie in [-1, 1]; got [0, 1.5]")):
-        _check_range(torch.tensor([0.0, 1.5]), (-1.0, 1.0), "waveform samples")
+        check_range(torch.tensor([0.0, 1.5]), (-1.0, 1.0), "waveform samples")
     with pytest.raises(InputError, match=re.escape("image pixels contain NaN or infinite values")):
-        _check_range(torch.tensor([0.5, float("nan")]), (0.0, 1.0), "image pixels")
+        check_range(torch.tensor([0.5, float("nan")]), (0.0, 1.0), "image pixels")
 
 
 @pytest.mark.parametrize(
@@ -286,8 +286,8 @@ def test_start_resumes_from_an_existing_checkpoint(tmp_path):
     x0 = torch.full((3, 2, 2), 0.5)
     saved, best = x0 + 4 * U, x0 - 2 * U
     run_config = {**attack.config(), "prompts": ["p"]}
-    done = _Run(best, [2.5, 1.5], best_loss=1.5, best_step=1)
+    done = Run(best, [2.5, 1.5], best_loss=1.5, best_step=1)
     attack._save_checkpoint(tmp_path / "run.safetensors", saved, x0, done, run_config, 0)
-    run = attack._start(x0, run_config, tmp_path / "run.safetensors", 0, 0)
+    run = attack._begin(x0, run_config, tmp_path / "run.safetensors", 0, 0)
     assert torch.equal(run.resume_from, saved) and torch.equal(run.x, best)
     assert run.losses == [2.5, 1.5] and run.best_step == 1 and run.best_loss == 1.5 and not run.reached

@@ -8,7 +8,8 @@ NORMS = ("linf", "l2")
 SCHEDULES = ("constant", "cosine")
 
 _EXPORTS = {
-    "AttackResult": "smoothguard.attacks.pgd",
+    "Attack": "smoothguard.attacks.base",
+    "AttackResult": "smoothguard.attacks.base",
     "AwayObjective": "smoothguard.attacks.objectives",
     "EOT": "smoothguard.attacks.eot",
     "Objective": "smoothguard.attacks.objectives",

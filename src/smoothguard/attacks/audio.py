@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from smoothguard.attacks.pgd import PGD, _check_range
+from smoothguard.attacks.base import check_range
+from smoothguard.attacks.pgd import PGD
 from smoothguard.errors import InputError
 
 
@@ -34,4 +35,4 @@ class WaveformPGD(PGD):
     def _check_medium(self, medium: torch.Tensor) -> torch.Tensor:
         if not isinstance(medium, torch.Tensor) or medium.dim() != 1:
             raise InputError("WaveformPGD attacks one mono waveform given as a [T] tensor (see inputs.load_audio)")
-        return _check_range(medium, self.bounds, "waveform samples")
+        return check_range(medium, self.bounds, "waveform samples")

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from smoothguard.attacks.pgd import AttackResult
+from smoothguard.attacks.base import AttackResult
 from smoothguard.errors import ConfigError, InputError
 from smoothguard.models.image import to_uint8_image
 

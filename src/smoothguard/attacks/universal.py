@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.attacks.base import AttackResult
 from smoothguard.attacks.eot import EOT
 from smoothguard.attacks.objectives import TargetObjective
-from smoothguard.attacks.pgd import PGD, AttackResult
+from smoothguard.attacks.pgd import PGD
 from smoothguard.models.base import MLLMAdapter
 
 
