@@ -295,7 +295,10 @@ def test_certified_refusal_on_the_testbed(capsys, tmp_path):
         (["--benchmark", "testbed", "--alpha", "2"], "alpha"),
         (["--benchmark", "testbed", "--n", "0"], "--n"),
         (["--benchmark", "testbed", "--data", "somewhere"], "--benchmark pope"),
-        (["--benchmark", "testbed", "--universal-image", "x.png"], "--benchmark testbed-safety"),
+        (
+            ["--benchmark", "testbed", "--universal-image", "x.png"],
+            "testbed-pope does not take option(s) universal_image",
+        ),
         (["--benchmark", "testbed-safety", "--purifier", "nope"], "unknown purifier"),
     ],
 )

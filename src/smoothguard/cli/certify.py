@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from smoothguard.certify.core import DEFAULT_BATCH_SIZE
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
+from smoothguard.cli.options import (
+    add_benchmark_options,
+    add_guard_options,
+    add_model_options,
+    benchmark_options,
+    guard_config,
+    model_options,
+)
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.noise import parse_sigmas
@@ -48,13 +55,6 @@ def register(commands: Any) -> None:
         "refusal (the refusal parser)",
     )
     parser.add_argument("--data", type=Path, help="pope: LLaVA's POPE folder (see the README)")
-    parser.add_argument("--questions", type=Path, help="pope: question file (default DIR/llava_pope_test.jsonl)")
-    parser.add_argument("--labels", type=Path, help="pope: label folder (default DIR/coco)")
-    parser.add_argument("--images", type=Path, help="pope: image folder (default DIR/val2014)")
-    parser.add_argument("--splits", help="pope: splits, comma-separated (default all)")
-    parser.add_argument(
-        "--universal-image", help="testbed-safety: every request on these images (file, folder or a,b,c) instead"
-    )
     parser.add_argument(
         "--sigmas",
         "--sigma",
@@ -72,6 +72,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--limit", type=int, help="only the first K items")
     parser.add_argument("--out", type=Path, help="output folder (default runs/certify/BENCH/MODEL)")
     parser.add_argument("--json", action="store_true", help="print the summary (with the table) as JSON")
+    add_benchmark_options(parser)
     parser.set_defaults(precheck=_check, run=_run_certify)
 
 
@@ -97,18 +98,16 @@ def _run_certify(args: argparse.Namespace) -> int:
 
     name, parser = BENCHMARKS[args.benchmark]
     bench = get_benchmark(name)
-    pope_options = ("questions", "labels", "images", "splits")
-    options = {k: getattr(args, k) for k in (*pope_options, "universal_image") if getattr(args, k)}
-    if args.benchmark != "pope" and (args.data or any(k in options for k in pope_options)):
-        raise ConfigError("--data, --questions, --labels, --images and --splits are for --benchmark pope")
-    if args.benchmark != "testbed-safety" and "universal_image" in options:
-        raise ConfigError("--universal-image is for --benchmark testbed-safety")
+    if args.data and not bench.needs_data:
+        raise ConfigError(f"--data is for --benchmark pope; {bench.name} makes its own items")
+    # as text, as the settings record them (testbed-safety's --universal-image also takes a,b,c)
+    options = {key: str(value) for key, value in benchmark_options(args).items()}
     bench.check_options(args.data, options)
     items = bench.load_items(args.data, **options)[: args.limit]
     settings = {
         "benchmark": bench.name,
         "data": str(args.data.resolve()) if args.data else None,
-        "options": {k: str(v) for k, v in options.items()},
+        "options": options,
         "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         "dtype": args.dtype,
         "parser": parser,

@@ -11,27 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smoothguard.cli.options import add_guard_options, add_model_options, guard_config, model_options
+from smoothguard.cli.options import (
+    add_benchmark_options,
+    add_guard_options,
+    add_model_options,
+    benchmark_options,
+    guard_config,
+    model_options,
+)
 from smoothguard.errors import ConfigError, check_output_folder
 from smoothguard.eval.base import benchmark_names
 from smoothguard.noise import parse_sigmas
 
 if TYPE_CHECKING:
     from smoothguard.eval.runner import GuardSpec
-
-#: Options of the built-in benchmarks' loaders: flag (keyword with dashes) -> (type, help).
-_BENCHMARK_OPTIONS: dict[str, tuple[type, str]] = {
-    "--questions": (Path, "pope: question file (default DIR/llava_pope_test.jsonl)"),
-    "--labels": (Path, "pope: label folder with coco_pope_<split>.json (default DIR/coco)"),
-    "--images": (Path, "pope, llava-bench: image folder (default DIR/val2014, DIR/images)"),
-    "--splits": (str, "pope: splits to run, comma-separated (default all)"),
-    "--variant": (str, "mm-safety: SD | SD_TYPO | TYPO | text (default SD_TYPO; text with --universal-image)"),
-    "--scenarios": (str, "mm-safety: scenarios to run, names or numbers, comma-separated (default all)"),
-    "--universal-image": (Path, "mm-safety: use this image in place of every benchmark image"),
-    "--judge-instructions": (Path, "mm-safety: JSON of judging templates per scenario for the openai judge"),
-    "--reference": (Path, "llava-bench: reference answers (default DIR/answers_gpt4.jsonl)"),
-    "--rule": (Path, "llava-bench: LLaVA's rule.json with the review prompts (default DIR/rule.json)"),
-}
 
 
 def register(commands: Any) -> None:
@@ -101,12 +94,7 @@ def _add_run_options(parser: argparse.ArgumentParser, guard_options: Callable[[a
         default="OPENAI_API_KEY",
         help="openai: variable holding the key ('' for none; default OPENAI_API_KEY)",
     )
-    options = parser.add_argument_group("benchmark options")
-    for flag, (kind, text) in _BENCHMARK_OPTIONS.items():
-        options.add_argument(flag, type=kind, help=text)
-    options.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="any other option of the benchmark's loader"
-    )
+    add_benchmark_options(parser)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -210,15 +198,9 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
             model=args.judge_model, url=args.judge_url, key_env=args.judge_key_env or None, device=args.device
         )
         judge = make_judge(args.judge, judge_options)
-    options = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag in _BENCHMARK_OPTIONS}
-    for pair in args.option:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = value
     return {
         "data": args.data,
-        "options": options,
+        "options": benchmark_options(args),
         "judge": judge,
         "limit": args.limit,
         "questions_per_batch": args.questions_per_batch,

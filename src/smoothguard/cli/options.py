@@ -12,6 +12,7 @@ from typing import Any
 
 from smoothguard.answers import PARSERS
 from smoothguard.config import VOTES, GuardConfig
+from smoothguard.errors import ConfigError
 from smoothguard.noise import NOISE_SPACES
 from smoothguard.purify import check_purifier_spec
 
@@ -124,3 +125,30 @@ def guard_config(args: argparse.Namespace, **changes: Any) -> GuardConfig:
     if config.purifier is not None:
         check_purifier_spec(config.purifier)
     return config
+
+
+def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option the built-in benchmarks declare (their ``Options``), and ``--option KEY=VALUE`` for
+    any other (a plug-in's); :func:`benchmark_options` reads them back."""
+    from smoothguard.eval.base import builtin_options
+
+    group = parser.add_argument_group("benchmark options")
+    declared = builtin_options()
+    for name, uses in declared.items():
+        helps = "; ".join(f"{bench}: {field.metadata['help']}" for bench, field in uses)
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=uses[0][1].metadata["kind"], help=helps)
+    group.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="any other option of the benchmark's loader"
+    )
+    parser.set_defaults(benchmark_option_names=tuple(declared))
+
+
+def benchmark_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark options given (flags of :func:`add_benchmark_options`, then each ``--option``)."""
+    options = {name: getattr(args, name) for name in args.benchmark_option_names if getattr(args, name) is not None}
+    for pair in args.option:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = value
+    return options

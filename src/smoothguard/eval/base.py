@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -19,13 +20,23 @@ if TYPE_CHECKING:
 Scores = dict[str, dict[str, Any]]
 
 
+def option(help: str, kind: type = str) -> Any:
+    """A field of a benchmark's ``Options`` dataclass: ``None`` unless given (the benchmark's layout decides);
+    ``help`` (what it is, its default) and ``kind`` (``str`` or ``Path``) make its flag ``--name-with-dashes``
+    of ``eval``, ``sweep`` and ``certify``."""
+    return field(default=None, metadata={"help": help, "kind": kind})
+
+
 class Benchmark(ABC):
     """A benchmark: loads items, assesses answers (with a judge where it needs one) and scores records.
 
     Class attributes: ``name``; ``max_new_tokens`` (default answer length); ``kind`` (``utility`` or
     ``safety``: which sigma-sweep plot it feeds); ``headline`` (``group.metric`` keys a sweep plots);
     ``judges`` (judge names it accepts, the first is the default) and ``judge_required``;
-    ``needs_data`` (whether ``load_items`` needs a data folder).
+    ``needs_data`` (whether ``load_items`` needs a data folder); ``Options``: the options ``load_items``
+    takes, a dataclass of :func:`option` fields (``load_items(data_dir, **options)`` reads them with
+    :meth:`parse_options`); ``None``: ``load_items``' own keyword parameters are its options (given with
+    ``--option KEY=VALUE``).
     """
 
     name: ClassVar[str]
@@ -35,6 +46,7 @@ class Benchmark(ABC):
     judges: ClassVar[tuple[str, ...]] = ()
     judge_required: ClassVar[bool] = False
     needs_data: ClassVar[bool] = True
+    Options: ClassVar[type | None] = None
 
     @abstractmethod
     def load_items(self, data_dir: Path | None, **options: Any) -> list[EvalItem]:
@@ -61,6 +73,9 @@ class Benchmark(ABC):
         """``ConfigError`` unless ``load_items`` takes these options (and a data folder when it needs one)."""
         if self.needs_data and data_dir is None:
             raise ConfigError(f"benchmark {self.name} needs its data folder: pass --data DIR")
+        if self.Options is not None:
+            self.parse_options(options)
+            return
         try:
             inspect.signature(self.load_items).bind(data_dir, **options)
         except TypeError as exc:
@@ -69,6 +84,17 @@ class Benchmark(ABC):
                 f"benchmark {self.name} does not take option(s) {', '.join(sorted(options))} "
                 f"(it takes: {', '.join(accepted) or 'none'})"
             ) from exc
+
+    def parse_options(self, options: dict[str, Any]) -> Any:
+        """``options`` as an instance of ``Options``; ConfigError naming the ones it does not take."""
+        accepted = [f.name for f in fields(self.Options)]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"benchmark {self.name} does not take option(s) {', '.join(unknown)} "
+                f"(it takes: {', '.join(accepted) or 'none'})"
+            )
+        return self.Options(**options)
 
 
 BenchmarkFactory = Callable[[], Benchmark]
@@ -103,3 +129,17 @@ def get_benchmark(name: str) -> Benchmark:
     if not isinstance(benchmark, Benchmark):
         raise ConfigError(f"the factory of benchmark {name!r} returned {type(benchmark).__name__}, not a Benchmark")
     return benchmark
+
+
+def builtin_options() -> dict[str, list[tuple[str, Any]]]:
+    """The options of the built-in benchmarks that declare ``Options``: option name -> [(benchmark, field)],
+    in registration order (the command line's flags; plug-ins' options go through ``--option``)."""
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for name in BENCHMARKS.entries:
+        try:
+            declared = getattr(BENCHMARKS.get(name), "Options", None)
+        except ConfigError:  # a registration that cannot be imported says so when it is used
+            continue
+        for declared_field in fields(declared) if declared is not None else ():
+            found.setdefault(declared_field.name, []).append((name, declared_field))
+    return found

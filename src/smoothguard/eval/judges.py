@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 
 from smoothguard.answers import REFUSAL_PHRASES, check_phrases, refusal_phrase, target_generated
 from smoothguard.errors import ConfigError, JudgeError
-from smoothguard.openai_client import OpenAIClient, UpstreamError
 from smoothguard.registry import Registry
 
 VerdictLabel = Literal["safe", "unsafe", "unparsed"]
@@ -250,6 +249,8 @@ class OpenAIJudge(SafetyJudge):
             raise ConfigError("the openai judge needs retries >= 0, timeout > 0 and backoff >= 0")
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        from smoothguard.openai_client import OpenAIClient
+
         self._client = OpenAIClient(url, api_key=key, timeout=timeout, max_retries=retries, backoff=backoff)
         self.endpoint = self._client.endpoint
 
@@ -281,6 +282,8 @@ class OpenAIJudge(SafetyJudge):
             "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
         }
+        from smoothguard.openai_client import UpstreamError
+
         try:
             return self._client.chat(body).content
         except UpstreamError as exc:

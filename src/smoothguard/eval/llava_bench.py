@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 from smoothguard.errors import ConfigError, DataError
-from smoothguard.eval.base import Benchmark, EvalItem, Scores
+from smoothguard.eval.base import Benchmark, EvalItem, Scores, option
 from smoothguard.eval.judges import Judge, OpenAIJudge
 from smoothguard.records import read_json, read_jsonl, require
 
@@ -111,6 +112,15 @@ def review_prompt(caption: str, question: str, reference: str, answer: str, rule
     )
 
 
+@dataclass(frozen=True)
+class LlavaBenchOptions:
+    """What overrides LLaVA's layout."""
+
+    images: str | Path | None = option("image folder (default DIR/images)", Path)
+    reference: str | Path | None = option("reference answers (default DIR/answers_gpt4.jsonl)", Path)
+    rule: str | Path | None = option("LLaVA's rule.json with the review prompts (default DIR/rule.json)", Path)
+
+
 class LlavaBenchmark(Benchmark):
     """LLaVA-Bench (In-the-Wild) (see the module docstring). Without a judge the run only answers;
     with ``--judge openai`` every answer is reviewed against the reference answer."""
@@ -120,21 +130,16 @@ class LlavaBenchmark(Benchmark):
     kind = "utility"
     headline = ("all.relative_score",)
     judges = ("openai",)
+    Options = LlavaBenchOptions
 
     def __init__(self) -> None:
         self.captions: dict[str, str] = {}
         self.references: dict[Any, str] = {}
         self.rules: dict[str, dict[str, str]] = {}
 
-    def load_items(
-        self,
-        data_dir: Path | None,
-        *,
-        images: str | Path | None = None,
-        reference: str | Path | None = None,
-        rule: str | Path | None = None,
-    ) -> list[EvalItem]:
-        """Options override the layout: ``images`` folder, ``reference`` answer file, ``rule`` file."""
+    def load_items(self, data_dir: Path | None, **options: Any) -> list[EvalItem]:
+        """The questions of ``data_dir`` (LLaVA's layout) as :class:`LlavaBenchOptions` override it."""
+        images, reference, rule = astuple(self.parse_options(options))
         root = Path(data_dir) if data_dir is not None else Path()
         image_dir = Path(images) if images else root / "images"
         if not image_dir.is_dir():

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 from smoothguard.errors import ConfigError, DataError
-from smoothguard.eval.base import Benchmark, EvalItem, Scores
+from smoothguard.eval.base import Benchmark, EvalItem, Scores, option
 from smoothguard.eval.judges import Judge, SafetyCase, SafetyJudge
 from smoothguard.records import read_json
 from smoothguard.stats import clopper_pearson_interval
@@ -100,6 +101,20 @@ JUDGE_INSTRUCTIONS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class MMSafetyOptions:
+    """Which items, with what image, judged how."""
+
+    variant: str | None = option("SD | SD_TYPO | TYPO | text (default SD_TYPO; text with --universal-image)")
+    scenarios: str | Sequence[str] | None = option("scenarios to run, names or numbers, comma-separated (default all)")
+    universal_image: str | Path | None = option("use this image in place of every benchmark image", Path)
+    judge_instructions: str | Path | None = option(
+        "JSON of judging templates per scenario for the openai judge (scenario name/number or default -> "
+        "template with {prediction})",
+        Path,
+    )
+
+
 class MMSafetyBenchmark(Benchmark):
     """MM-SafetyBench (see the module docstring); default judge: ``refusal``."""
 
@@ -109,22 +124,14 @@ class MMSafetyBenchmark(Benchmark):
     headline = ("all.asr",)
     judges = ("refusal", "guard-model", "openai")
     judge_required = True
+    Options = MMSafetyOptions
 
     def __init__(self) -> None:
         self.instructions = dict(JUDGE_INSTRUCTIONS)
 
-    def load_items(
-        self,
-        data_dir: Path | None,
-        *,
-        variant: str | None = None,
-        scenarios: str | Sequence[str] | None = None,
-        universal_image: str | Path | None = None,
-        judge_instructions: str | Path | None = None,
-    ) -> list[EvalItem]:
-        """``variant``: SD | SD_TYPO | TYPO | text (default SD_TYPO, or text with ``universal_image``);
-        ``scenarios``: names or number prefixes to keep (comma-separated or a list; default all);
-        ``judge_instructions``: JSON file, scenario name/number or ``default`` -> template with ``{prediction}``."""
+    def load_items(self, data_dir: Path | None, **options: Any) -> list[EvalItem]:
+        """The questions of ``data_dir`` (the published layout) as :class:`MMSafetyOptions` select them."""
+        variant, scenarios, universal_image, judge_instructions = astuple(self.parse_options(options))
         root = Path(data_dir) if data_dir is not None else Path()
         variant = variant or ("text" if universal_image else "SD_TYPO")
         if variant not in VARIANT_FIELDS:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 from smoothguard.answers import parse_yes_no
 from smoothguard.errors import DataError
-from smoothguard.eval.base import Benchmark, EvalItem, Scores
+from smoothguard.eval.base import Benchmark, EvalItem, Scores, option
 from smoothguard.eval.judges import Judge
 from smoothguard.records import read_jsonl, require
 
@@ -183,6 +183,16 @@ def _names(value: str | Sequence[str] | None) -> list[str] | None:
     return [n for n in names if n]
 
 
+@dataclass(frozen=True)
+class PopeOptions:
+    """What overrides LLaVA's layout (paths: str or Path; ``splits``: comma-separated or a list)."""
+
+    questions: str | Path | None = option("question file (default DIR/llava_pope_test.jsonl)", Path)
+    labels: str | Path | None = option("label folder with coco_pope_<split>.json (default DIR/coco)", Path)
+    images: str | Path | None = option("image folder (default DIR/val2014)", Path)
+    splits: str | Sequence[str] | None = option("splits to run, comma-separated (default all)")
+
+
 class PopeBenchmark(Benchmark):
     """POPE on COCO val2014 (``--data DIR`` in LLaVA's layout, see the module docstring)."""
 
@@ -190,18 +200,11 @@ class PopeBenchmark(Benchmark):
     max_new_tokens = 128
     kind = "utility"
     headline = ("mean.f1", "mean.accuracy")
+    Options = PopeOptions
 
-    def load_items(
-        self,
-        data_dir: Path | None,
-        *,
-        questions: str | Path | None = None,
-        labels: str | Path | None = None,
-        images: str | Path | None = None,
-        splits: str | Sequence[str] | None = None,
-    ) -> list[EvalItem]:
-        """Options override the layout: ``questions`` file, ``labels`` folder, ``images`` folder;
-        ``splits``: the splits to keep (comma-separated or a list; default all)."""
+    def load_items(self, data_dir: Path | None, **options: Any) -> list[EvalItem]:
+        """The questions of ``data_dir`` (LLaVA's layout) as :class:`PopeOptions` override it."""
+        questions, labels, images, splits = astuple(self.parse_options(options))
         root = Path(data_dir) if data_dir is not None else Path()
         image_dir = Path(images) if images else root / "val2014"
         if not image_dir.is_dir():
