@@ -46,6 +46,7 @@ from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.stats import format_rate, mcnemar_exact, rate_with_interval
+from smoothguard.testbed import ASSETS
 from smoothguard.testbed.benchmarks import (
     TestbedDescribeBenchmark,
     TestbedPopeBenchmark,
@@ -59,7 +60,8 @@ from smoothguard.testbed.model import CHECKPOINT_DIR, SURROGATE_DIR
 from smoothguard.testbed.scenes import sample_scene
 from smoothguard.testbed.tasks import ATTACK_REQUESTS, HELD_OUT_REQUESTS, RESTRICTED
 
-SHIPPED_ATTACKS = Path(__file__).resolve().parent / "attacks"
+#: The shipped adversarial images of the default settings (one folder per ``_image_folder``).
+SHIPPED_ATTACKS = ASSETS / "attacks"
 #: Base scenes of the universal images: held-out seeds apart from every benchmark's.
 ATTACK_SCENE_START = HELD_OUT_START + 50_000
 #: Scenes of the per-request images (request j on scene PER_REQUEST_SCENE_START + j).
@@ -231,7 +233,6 @@ WORST_ROWS = {
     "worst-universal": "worst case, universal attacks (per trial)",
     "worst-request": "worst case per request, any attack",
 }
-ROWS = (*(t.name for t in THREATS), *WORST_ROWS, "utility-pope", "utility-describe")
 
 
 def _cells(outcomes: dict, config: DemoConfig, guards: dict[str, SmoothGuard]) -> list[dict[str, Any]]:
