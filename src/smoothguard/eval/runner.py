@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,23 +190,40 @@ def _generate(
     written: list[dict[str, Any]] = []
     bar = Progress(len(todo), f"eval {bench.name}", "item", enabled=progress)
     with DurableAppender(path) as appender, bar:
-        for start in range(0, len(todo), questions_per_batch):
-            batch = todo[start : start + questions_per_batch]
-            results = guard.generate_batch(
-                [i.prompt for i in batch],
-                [i.image for i in batch],
-                ids=[i.id for i in batch],
-                max_new_tokens=max_new_tokens,
-            )
-            started = time.perf_counter()
-            extras = bench.assess(batch, [r.text for r in results], judge)
-            judge_seconds = (time.perf_counter() - started) / len(batch)
-            for item, result, extra in zip(batch, results, extras, strict=True):
-                record = _record(item, result, extra, judge, guard.config.defended, judge_seconds)
+        for records in answer_batches(bench, guard, judge, todo, questions_per_batch, max_new_tokens):
+            for record in records:
                 appender.append(record)
-                written.append(record)
-            bar.update(len(batch))
+            written += records
+            bar.update(len(records))
     return written
+
+
+def answer_batches(
+    bench: Benchmark,
+    guard: SmoothGuard,
+    judge: Judge | None,
+    items: Sequence[EvalItem],
+    questions_per_batch: int,
+    max_new_tokens: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """The records of ``items`` (answered through ``guard``, assessed by ``bench`` with ``judge``), one list
+    per ``generate_batch`` call of ``questions_per_batch`` items, as each call finishes: the loop of a run,
+    without its run folder."""
+    for start in range(0, len(items), questions_per_batch):
+        batch = items[start : start + questions_per_batch]
+        results = guard.generate_batch(
+            [i.prompt for i in batch],
+            [i.image for i in batch],
+            ids=[i.id for i in batch],
+            max_new_tokens=max_new_tokens,
+        )
+        started = time.perf_counter()
+        extras = bench.assess(batch, [r.text for r in results], judge)
+        judge_seconds = (time.perf_counter() - started) / len(batch)
+        yield [
+            _record(item, result, extra, judge, guard.config.defended, judge_seconds)
+            for item, result, extra in zip(batch, results, extras, strict=True)
+        ]
 
 
 def _record(

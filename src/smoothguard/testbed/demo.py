@@ -40,7 +40,7 @@ import torch
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, check_strength, save_adversarial
 from smoothguard.eval.base import Benchmark, EvalItem
-from smoothguard.eval.judges import make_judge
+from smoothguard.eval.runner import answer_batches, resolve_judge
 from smoothguard.guard import SmoothGuard
 from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
@@ -209,24 +209,12 @@ def _worst_cases(outcomes: dict, column: str, judge: str, requests: int) -> dict
 
 
 def _answer(benchmark: Benchmark, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> list[dict]:
-    """Each item's record (id, text, meta and the benchmark's assessment) through ``guard``."""
-    judge = make_judge(benchmark.judges[0]) if benchmark.judge_required else None
-    records = []
-    step = config.queries_per_batch
-    for start in range(0, len(items), step):
-        chunk = items[start : start + step]
-        results = guard.generate_batch(
-            [i.prompt for i in chunk],
-            [i.image for i in chunk],
-            ids=[i.id for i in chunk],
-            max_new_tokens=benchmark.max_new_tokens,
-        )
-        assessed = benchmark.assess(chunk, [r.text for r in results], judge)
-        records += [
-            {"id": i.id, "text": r.text, "meta": i.meta, **extra}
-            for i, r, extra in zip(chunk, results, assessed, strict=True)
-        ]
-    return records
+    """Each item's record (the runner's: id, text, meta, ... and the benchmark's assessment) through ``guard``,
+    ``config.queries_per_batch`` items per ``generate_batch`` call (``eval.runner.answer_batches``; the demo
+    keeps no run folder)."""
+    judge = resolve_judge(benchmark, None)
+    batches = answer_batches(benchmark, guard, judge, items, config.queries_per_batch, benchmark.max_new_tokens)
+    return [record for records in batches for record in records]
 
 
 WORST_ROWS = {
