@@ -32,7 +32,7 @@ from conftest import SHARED, needs_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SHIPPED_ATTACKS = ROOT / "src" / "smoothguard" / "testbed" / "attacks"
+SHIPPED_ATTACKS = ROOT / "src" / "smoothguard" / "testbed" / "assets" / "attacks"
 SLOW_ENV = "SMOOTHGUARD_README_SLOW"
 
 #: Run as written, by the test named (in README order within each).

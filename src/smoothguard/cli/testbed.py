@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -75,37 +76,7 @@ def register(commands: Any) -> None:
     )
     demo.add_argument("--out", default="runs/demo", help="folder for images, plot and summary (default: runs/demo)")
     defaults = DemoConfig()
-    for flag, help_text in (
-        ("--pope-scenes", "utility scenes, 6 yes/no questions each"),
-        ("--describe-scenes", "free-form utility: scenes to describe"),
-        ("--clean-scenes", "clean scenes, one held-out restricted request each"),
-        ("--attack-images", "universal images per threat (attack seeds and base scenes)"),
-        ("--attack-steps", "PGD steps of the transfer and white-box images"),
-        ("--adaptive-steps", "PGD steps of the adaptive universal (EOT) images; at least --attack-steps"),
-        ("--per-request-steps", "PGD steps of each per-request image, adaptive or not"),
-        ("--per-request-images", "held-out requests attacked one image each (at most 32)"),
-        ("--eot-samples", "noisy copies per adaptive step (the clean candidate is added)"),
-    ):
-        default = getattr(defaults, flag[2:].replace("-", "_"))
-        demo.add_argument(flag, type=int, default=default, help=f"{help_text} (default: {default})")
-    demo.add_argument(
-        "--best-sigma",
-        type=float,
-        default=defaults.best_sigma,
-        help="sigma of the third column, in the noise space (default: %(default)s, from the sweep in docs/testbed.md)",
-    )
-    demo.add_argument(
-        "--denoiser-sigma",
-        type=float,
-        default=defaults.denoiser_sigma,
-        help="pixel-space sigma of the denoised column (default: %(default)s; the README's denoiser sweep)",
-    )
-    demo.add_argument(
-        "--purifier",
-        default=defaults.purifier,
-        help="the denoised column's purifier: a name, diffusion:SOURCE[@K] or a folder (default: %(default)s)",
-    )
-    demo.add_argument("--fresh", action="store_true", help="re-optimise every adversarial image (no cache)")
+    _add_demo_options(demo, defaults)
     add_guard_options(demo, defaults=defaults.guard, exclude=("purifier", "purify_clean", "vote", "parser"))
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_threads_option(demo)
@@ -154,9 +125,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from smoothguard.models.auto import load_model
-    from smoothguard.testbed.evaluate import evaluate
+    from smoothguard.testbed.accuracy import held_out_accuracy
 
-    report = evaluate(load_model(args.model, device="cpu"), args.scenes, progress=True)
+    report = held_out_accuracy(load_model(args.model, device="cpu"), args.scenes, progress=True)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -208,27 +179,34 @@ def _run_evaluate_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_options(parser: argparse.ArgumentParser, defaults: DemoConfig) -> None:
+    """One option per ``DemoConfig`` field with a help text (``--pope-scenes``, ..., ``--purifier``,
+    ``--fresh``), built from the fields as ``add_guard_options`` builds the guard's: the type from the
+    default, a flag for a bool; :func:`_check_demo` reads them back."""
+    fields = [field for field in dataclasses.fields(DemoConfig) if "help" in field.metadata]
+    for field in fields:
+        default = getattr(defaults, field.name)
+        kind: dict[str, Any] = {"action": "store_true"} if isinstance(default, bool) else {"type": type(default)}
+        flag = f"--{field.name.replace('_', '-')}"
+        parser.add_argument(flag, dest=field.name, default=default, help=field.metadata["help"], **kind)
+    parser.set_defaults(demo_fields=tuple(field.name for field in fields))
+
+
 def _check_demo(args: argparse.Namespace) -> None:
     from smoothguard.noise import validate_sigma
     from smoothguard.purify import check_purifier_spec
 
     check_output_folder(args.out, "--out")
     guard = guard_config(args)
+    given = {name: getattr(args, name) for name in args.demo_fields}
     args.demo = DemoConfig(
-        pope_scenes=args.pope_scenes,
-        describe_scenes=args.describe_scenes,
-        clean_scenes=args.clean_scenes,
-        attack_images=args.attack_images,
-        attack_steps=args.attack_steps,
-        adaptive_steps=args.adaptive_steps,
-        per_request_steps=args.per_request_steps,
-        per_request_images=args.per_request_images,
-        eot_samples=args.eot_samples,
-        guard=guard,
-        best_sigma=validate_sigma(args.best_sigma, guard.noise_space),
-        denoiser_sigma=validate_sigma(args.denoiser_sigma, "pixel"),
-        purifier=check_purifier_spec(args.purifier),
-        fresh=args.fresh,
+        **{
+            **given,
+            "guard": guard,
+            "best_sigma": validate_sigma(given["best_sigma"], guard.noise_space),
+            "denoiser_sigma": validate_sigma(given["denoiser_sigma"], "pixel"),
+            "purifier": check_purifier_spec(given["purifier"]),
+        }
     )
 
 

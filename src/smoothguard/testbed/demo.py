@@ -40,12 +40,13 @@ import torch
 
 from smoothguard.attacks import EOT, PGD, TargetObjective, check_strength, save_adversarial
 from smoothguard.eval.base import Benchmark, EvalItem
-from smoothguard.eval.judges import make_judge
+from smoothguard.eval.runner import answer_records, resolve_judge
 from smoothguard.guard import SmoothGuard
 from smoothguard.inputs import load_image
 from smoothguard.models.auto import load_model
 from smoothguard.models.base import MLLMAdapter
 from smoothguard.stats import format_rate, mcnemar_exact, rate_with_interval
+from smoothguard.testbed import ASSETS
 from smoothguard.testbed.benchmarks import (
     TestbedDescribeBenchmark,
     TestbedPopeBenchmark,
@@ -59,7 +60,8 @@ from smoothguard.testbed.model import CHECKPOINT_DIR, SURROGATE_DIR
 from smoothguard.testbed.scenes import sample_scene
 from smoothguard.testbed.tasks import ATTACK_REQUESTS, HELD_OUT_REQUESTS, RESTRICTED
 
-SHIPPED_ATTACKS = Path(__file__).resolve().parent / "attacks"
+#: The shipped adversarial images of the default settings (one folder per ``_image_folder``).
+SHIPPED_ATTACKS = ASSETS / "attacks"
 #: Base scenes of the universal images: held-out seeds apart from every benchmark's.
 ATTACK_SCENE_START = HELD_OUT_START + 50_000
 #: Scenes of the per-request images (request j on scene PER_REQUEST_SCENE_START + j).
@@ -207,31 +209,18 @@ def _worst_cases(outcomes: dict, column: str, judge: str, requests: int) -> dict
 
 
 def _answer(benchmark: Benchmark, items: list[EvalItem], guard: SmoothGuard, config: DemoConfig) -> list[dict]:
-    """Each item's record (id, text, meta and the benchmark's assessment) through ``guard``."""
-    judge = make_judge(benchmark.judges[0]) if benchmark.judge_required else None
-    records = []
-    step = config.queries_per_batch
-    for start in range(0, len(items), step):
-        chunk = items[start : start + step]
-        results = guard.generate_batch(
-            [i.prompt for i in chunk],
-            [i.image for i in chunk],
-            ids=[i.id for i in chunk],
-            max_new_tokens=benchmark.max_new_tokens,
-        )
-        assessed = benchmark.assess(chunk, [r.text for r in results], judge)
-        records += [
-            {"id": i.id, "text": r.text, "meta": i.meta, **extra}
-            for i, r, extra in zip(chunk, results, assessed, strict=True)
-        ]
-    return records
+    """Each item's record (the runner's: id, text, meta, ... and the benchmark's assessment) through ``guard``,
+    ``config.queries_per_batch`` items per ``generate_batch`` call (``eval.runner.answer_records``; the demo
+    keeps no run folder)."""
+    judge = resolve_judge(benchmark, None)
+    tokens = benchmark.max_new_tokens
+    return list(answer_records(benchmark, guard, judge, items, config.queries_per_batch, tokens, progress=False))
 
 
 WORST_ROWS = {
     "worst-universal": "worst case, universal attacks (per trial)",
     "worst-request": "worst case per request, any attack",
 }
-ROWS = (*(t.name for t in THREATS), *WORST_ROWS, "utility-pope", "utility-describe")
 
 
 def _cells(outcomes: dict, config: DemoConfig, guards: dict[str, SmoothGuard]) -> list[dict[str, Any]]:

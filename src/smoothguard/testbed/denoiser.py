@@ -4,7 +4,7 @@ from [0, 1] pixels, trained on the testbed's scenes (denoised smoothing, Salman 
 ``TestbedDenoiser()(images, sigma)``: images [B, 3, H, W] in [0, 1] carrying noise of std ``sigma`` ([0, 1]
 pixel units, 0 for a clean image), already clamped to [0, 1] as the guard's copies are -> cleaned images of the
 same shape, dtype and device, in [0, 1]. Differentiable w.r.t. the images. ``load()`` (the entry point of the
-``smoothguard.purifiers`` group) returns the shipped model of ``testbed/denoiser/``; ``train_denoiser`` trains
+``smoothguard.purifiers`` group) returns the shipped model of ``testbed/assets/denoiser/``; ``train_denoiser`` trains
 one (resumable), ``evaluate_denoiser`` reports held-out PSNR per sigma.
 """
 
@@ -27,12 +27,13 @@ from smoothguard.errors import ConfigError, InputError, ModelLoadError, check_in
 from smoothguard.noise import validate_sigma
 from smoothguard.progress import Progress
 from smoothguard.purify import PURIFIER_FILE
+from smoothguard.testbed import ASSETS
 from smoothguard.testbed.data import HELD_OUT_START, held_out_scenes, scene_pixels, training_seed
 from smoothguard.testbed.scenes import sample_scene
 
 NAME = "testbed-denoiser"
 #: The shipped model's folder.
-SHIPPED = Path(__file__).resolve().parent / "denoiser"
+SHIPPED = ASSETS / "denoiser"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "training_history.json"

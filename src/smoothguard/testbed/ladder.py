@@ -13,6 +13,7 @@ through ``purifier``, the testbed denoiser).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from smoothguard.config import GuardConfig
 from smoothguard.errors import ConfigError, check_int
@@ -69,35 +70,54 @@ THREATS = (
 NOISE_ONLY_COLUMNS = ("paper", "best")
 
 
+def _option(default: Any, help_text: str) -> Any:
+    """A ``DemoConfig`` field that is also a ``smoothguard demo`` option: ``--NAME`` (underscores as dashes),
+    with ``help_text`` (argparse's ``%(default)s`` is the field's default); ``smoothguard.cli.testbed`` builds
+    the options from these fields."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's settings. ``guard``: SmoothGuard at the paper's sigma (its seed also seeds the
-    attacks); ``best_sigma``: the third column's sigma (same space; 0.25, the largest sigma whose noise
-    alone keeps clean-scene compliance under 2% in docs/testbed.md's sweep); ``denoiser_sigma`` ([0, 1]
-    pixel units) and ``purifier``: the fourth column's, denoised smoothing (the README's denoiser sweep).
-    Attack budgets in 1/255, every attack PGD with a cosine step-size schedule from ``alpha`` and its
-    lowest-loss iterate kept; universal images take ``attack_steps`` (``adaptive_steps`` >= it for the
-    adaptive ones: an adaptive attack gets at least the plain one's budget), per-request images
-    ``per_request_steps`` (adaptive or not), one for each of the first ``per_request_images`` held-out
-    requests; ``eot_samples`` noisy (and purified) copies per adaptive step,
-    plus the clean candidate. The adaptive universal row runs for the undefended (its white-box image) and
-    denoised columns only: noise alone already falls to the plain attacks."""
+    """The demo's settings; each field with a ``help`` in its metadata is a ``smoothguard demo`` option.
+    ``guard``: SmoothGuard at the paper's sigma (the guard's own options; its seed also seeds the attacks);
+    the third column takes ``best_sigma`` (same space), the fourth, denoised smoothing, pixel noise at
+    ``denoiser_sigma`` through ``purifier``. Attack budgets in 1/255, every attack PGD with a cosine
+    step-size schedule from ``alpha`` and its lowest-loss iterate kept; universal images take
+    ``attack_steps`` (``adaptive_steps`` for the adaptive ones: an adaptive attack gets at least the plain
+    one's budget), per-request images ``per_request_steps``. The adaptive universal row runs for the
+    undefended (its white-box image) and denoised columns only: noise alone already falls to the plain
+    attacks. ``queries_per_batch``: items guarded per ``generate_batch`` call."""
 
-    pope_scenes: int = 168
-    describe_scenes: int = 256
-    clean_scenes: int = 256
-    attack_images: int = 4
+    pope_scenes: int = _option(168, "utility scenes, 6 yes/no questions each (default: %(default)s)")
+    describe_scenes: int = _option(256, "free-form utility: scenes to describe (default: %(default)s)")
+    clean_scenes: int = _option(256, "clean scenes, one held-out restricted request each (default: %(default)s)")
+    attack_images: int = _option(4, "universal images per threat (attack seeds and base scenes) (default: %(default)s)")
     alpha: float = 2
-    attack_steps: int = 150
-    adaptive_steps: int = 150
-    per_request_steps: int = 60
-    per_request_images: int = 32
-    eot_samples: int = 8
+    attack_steps: int = _option(150, "PGD steps of the transfer and white-box images (default: %(default)s)")
+    adaptive_steps: int = _option(
+        150, "PGD steps of the adaptive universal (EOT) images; at least --attack-steps (default: %(default)s)"
+    )
+    per_request_steps: int = _option(60, "PGD steps of each per-request image, adaptive or not (default: %(default)s)")
+    per_request_images: int = _option(
+        32, "held-out requests attacked one image each (at most 32) (default: %(default)s)"
+    )
+    eot_samples: int = _option(
+        8, "noisy copies per adaptive step (the clean candidate is added) (default: %(default)s)"
+    )
     guard: GuardConfig = field(default_factory=lambda: GuardConfig(noise_space="normalized", sigma=0.1, num_copies=4))
-    best_sigma: float = 0.25
-    denoiser_sigma: float = 0.25
-    purifier: str = "testbed-denoiser"
-    fresh: bool = False
+    best_sigma: float = _option(
+        0.25,
+        "sigma of the third column, in the noise space (default: %(default)s, from the sweep in docs/testbed.md)",
+    )
+    denoiser_sigma: float = _option(
+        0.25, "pixel-space sigma of the denoised column (default: %(default)s; the README's denoiser sweep)"
+    )
+    purifier: str = _option(
+        "testbed-denoiser",
+        "the denoised column's purifier: a name, diffusion:SOURCE[@K] or a folder (default: %(default)s)",
+    )
+    fresh: bool = _option(False, "re-optimise every adversarial image (no cache)")
     queries_per_batch: int = 64
 
     def __post_init__(self) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from smoothguard.errors import ModelLoadError
 from smoothguard.models.build import LLAVA_CHAT_TEMPLATE, build_tokenizer, llava_processor, random_llava
+from smoothguard.testbed import ASSETS
 from smoothguard.testbed.scenes import IMAGE_SIZE
 from smoothguard.testbed.tasks import vocabulary_corpus
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
-SURROGATE_DIR = Path(__file__).resolve().parent / "surrogate"
+CHECKPOINT_DIR = ASSETS / "checkpoint"
+SURROGATE_DIR = ASSETS / "surrogate"
 _CHAT_WORDS = ["USER: <image>\n", " ASSISTANT:", "USER:"]
 
 

@@ -79,7 +79,6 @@ ATTACK_REQUESTS = tuple(request for requests in list(FAMILIES.values())[:4] for 
 HELD_OUT_REQUESTS = tuple(request for request in RESTRICTED if request not in ATTACK_REQUESTS)
 NUMBERS = ("zero", "one", "two", "three")
 NEGATIVE_KINDS = ("random", "popular", "adversarial")
-TASKS = ("existence", "count", "color", "shape", "describe", "restricted")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Held-out evaluation of a testbed model by greedy decoding through the adapter, per task and per
-negative kind, with counts."""
+"""Held-out accuracy of a testbed model (``smoothguard testbed evaluate``): greedy decoding through the
+adapter, exact-match answers, per task and per negative kind, with counts and the shipped checkpoint's
+targets."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def held_out_probes(num_scenes: int) -> list[Probe]:
     return probes
 
 
-def evaluate(model: MLLMAdapter, num_scenes: int = 300, *, batch_size: int = 64, progress: bool = True) -> dict:
+def held_out_accuracy(
+    model: MLLMAdapter, num_scenes: int = 300, *, batch_size: int = 64, progress: bool = True
+) -> dict:
     """Accuracy (exact answer match) per metric on ``num_scenes`` held-out scenes, with counts:
     ``{"existence": {"accuracy": a, "n": n}, ...}`` plus the issue targets and whether each is met."""
     probes = held_out_probes(num_scenes)
