@@ -30,9 +30,12 @@ Adding a benchmark (also from another package)::
 
     register_benchmark("my-bench", MyBench)              # or "package.module:MyBench" (imported lazily)
 
-``load_items`` keyword options come from the command line (``--option size=50``, or the named flags of
-the built-ins) and are passed only when given; they are part of a run's settings. A package can also
-register through the entry-point group ``smoothguard.benchmarks`` (name -> factory).
+``load_items`` keyword options come from the command line (``--option size=50``) and are passed only when
+given; they are part of a run's settings. A benchmark may instead declare them once, as a dataclass of
+``option(help, kind)`` fields (``Options = MyOptions``; ``load_items(self, data_dir, **options)`` reads them
+with ``self.parse_options(options)``): the built-ins do, and ``eval``, ``sweep`` and ``certify`` make a flag
+of each (``--questions``, ``--variant``, ...). A package can also register through the entry-point group
+``smoothguard.benchmarks`` (name -> factory); every lookup by name goes through ``smoothguard.registry``.
 
 Records (one JSON object per item, ``records.jsonl``): ``id``, ``question_id``, ``prompt``, ``text``
 (the answer), ``image``, ``meta``, ``model_id``, ``defense`` (candidates and cluster statistics, or
