@@ -325,6 +325,7 @@ def test_latency_benchmark_example_runs(workdir):
     assert "ratio" in bench.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(SLOW), ids=lambda key: " ".join(key.split()[:3]))
 def test_slow_readme_commands(workdir, key):
     if os.environ.get(SLOW_ENV) != "1":
