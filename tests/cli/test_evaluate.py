@@ -27,21 +27,21 @@ from support.eval import (
     write_jsonl,
 )
 
-FIXTURES = SHARED / "fixtures" / "llava_bench"
+LLAVA_BENCH = SHARED / "fixtures" / "llava_bench"
 
 
-needs_fixtures = needs_reference(FIXTURES, "the LLaVA-Bench review files of ../shared")
+needs_llava_bench = needs_reference(LLAVA_BENCH, "the LLaVA-Bench review files of ../shared")
 
 
-FIXTURES = SHARED / "fixtures" / "pope"
+POPE = SHARED / "fixtures" / "pope"
 
 
-needs_fixtures = needs_reference(FIXTURES, "the POPE answer/label files of ../shared")
+needs_pope = needs_reference(POPE, "the POPE answer/label files of ../shared")
 
 
-@needs_fixtures
+@needs_llava_bench
 def test_score_llava_bench_cli(capsys):
-    path = str(FIXTURES / "reviews" / "llava-reviews-new.jsonl")
+    path = str(LLAVA_BENCH / "reviews" / "llava-reviews-new.jsonl")
     assert main(["score", "llava-bench", path]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["all", "93.5", "77.8", "72.8", "60", "1"] in lines
@@ -49,16 +49,16 @@ def test_score_llava_bench_cli(capsys):
     assert json.loads(capsys.readouterr().out)["all"]["n"] == 59
 
 
-@needs_fixtures
+@needs_pope
 def test_score_pope_cli_text_and_json(capsys):
     base = [
         "score",
         "pope",
-        str(FIXTURES / "answers" / "llava-1.5-7b-hf-baseline.jsonl"),
+        str(POPE / "answers" / "llava-1.5-7b-hf-baseline.jsonl"),
         "--questions",
-        str(FIXTURES / "llava_pope_test.jsonl"),
+        str(POPE / "llava_pope_test.jsonl"),
         "--labels",
-        str(FIXTURES / "coco"),
+        str(POPE / "coco"),
     ]
     assert main(base) == 0
     out = capsys.readouterr().out

@@ -127,7 +127,7 @@ def test_mm_safety_run_with_default_judge_and_universal_image(tmp_path, tiny_lla
 
 
 def test_eval_records_the_resolved_noise_space(tmp_path, tiny_llava, tiny_llava_dir):
-    from eval_support import make_pope_folder
+    from support.eval import make_pope_folder
 
     pope = make_pope_folder(tmp_path / "pope", per_split=1)
     spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=1))

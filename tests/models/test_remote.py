@@ -246,10 +246,9 @@ def test_a_remote_model_gets_the_purified_copies(image_file):
     """The guard proxy's path: pixel copies are purified before they are encoded and sent upstream. The
     scripted upstream answers with a hash of the image it got: an erasing purifier makes every image the
     same (mutation: purifier skipped for remote models -> four different images)."""
-    from server_support import ScriptedUpstream
-
     from smoothguard import load_model
     from smoothguard.server import BackgroundServer
+    from support.server import ScriptedUpstream
 
     upstream = ScriptedUpstream()
     with BackgroundServer(upstream.app) as server:

@@ -275,9 +275,9 @@ def test_finish_reason_and_usage_follow_the_openai_protocol(server):
 def test_server_reports_the_purifier_and_the_parsed_votes(tiny_llava):
     """``serve`` with a purifier and a parsed vote: /health and every answer's evidence name them."""
     import httpx
-    from server_support import post, question
 
     from smoothguard.server import BackgroundServer, ServerSettings, create_app
+    from support.server import post, question
 
     guard = SmoothGuard(tiny_llava, purifier=Recorder(), sigma=0.1, num_copies=2, vote="parsed", parser="yes-no")
     with BackgroundServer(create_app(guard, ServerSettings(model_name="tiny", fixed_seed=True))) as running:
