@@ -29,7 +29,7 @@ def test_entry_point_and_lazy_registrations(monkeypatch):
     )
     assert get_benchmark("testbed-safety").name == "testbed-safety"
     assert isinstance(get_benchmark("from-a-package"), Shapes)
-    register_benchmark("lazy-shapes", "test_eval_runner:Shapes")
+    register_benchmark("lazy-shapes", "support.eval:Shapes")
     try:
         assert isinstance(get_benchmark("lazy-shapes"), Shapes)
     finally:
