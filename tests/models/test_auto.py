@@ -122,8 +122,3 @@ def test_compile_decode_opts_in_to_a_static_cache_and_a_compiled_forward(tiny_ll
     assert model.model.generation_config.cache_implementation == "static"
     assert hasattr(model.model.forward, "_torchdynamo_orig_callable")  # torch.compile's wrapper
     assert not hasattr(load_model(tiny_llava_dir).model.forward, "_torchdynamo_orig_callable")
-
-
-@pytest.fixture(scope="module")
-def testbed():
-    return load_model("testbed")
