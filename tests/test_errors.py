@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from conftest import exact
 from smoothguard.errors import MAX_SEED, ConfigError, check_int, check_seed
+from support.common import exact
 
 
 @pytest.mark.parametrize("value", [0, 1, 7, np.int64(3)])

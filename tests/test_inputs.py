@@ -13,14 +13,16 @@ import torch
 from PIL import Image, ImageFile
 from transformers.image_transforms import convert_to_rgb
 
-from smoothguard.errors import InputError
+from smoothguard import InputError
 from smoothguard.inputs import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
     load_audio,
     load_image,
     validate_prompt,
 )
+from support.common import exact
 
 RNG = np.random.default_rng(0)
 
@@ -46,9 +48,6 @@ def _random_rgba(height: int = 6, width: int = 5) -> np.ndarray:
     rgba = RNG.integers(0, 256, (height, width, 4), dtype=np.uint8)
     rgba[0, 0, 3], rgba[0, 1, 3] = 0, 255  # one fully transparent, one fully opaque pixel
     return rgba
-
-
-# ---------------------------------------------------------------------------------------- image modes
 
 
 def test_defaults() -> None:
@@ -151,9 +150,6 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     np.testing.assert_allclose(out[0].numpy() * 255, np.rot90(pixels, k=-1), atol=1e-4)
 
 
-# ------------------------------------------------------------------------------------- numpy arrays
-
-
 @pytest.mark.parametrize("layout", ["hw", "hw1", "hwc", "chw", "1hwc"])
 def test_array_layouts(layout: str) -> None:
     rgb = RNG.integers(0, 256, (5, 6, 3), dtype=np.uint8)
@@ -228,9 +224,6 @@ def test_unsupported_type() -> None:
         load_image([[0, 1], [1, 0]])
 
 
-# -------------------------------------------------------------------------------------------- tensors
-
-
 @pytest.mark.parametrize("shape", [(3, 4, 5), (1, 3, 4, 5)])
 def test_float_tensor_keeps_gradient(shape: tuple[int, ...]) -> None:
     source = torch.rand(shape, dtype=torch.float64, requires_grad=True)
@@ -290,9 +283,6 @@ def test_range_check_does_not_break_graph() -> None:
     torch.testing.assert_close(source.grad, torch.full((3, 2, 2), 1.5))
 
 
-# ----------------------------------------------------------------------------------------- file errors
-
-
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file") as info:
         load_image(tmp_path / "missing.png")
@@ -341,9 +331,6 @@ def test_corrupt_png_checksum_refused(tmp_path: Path) -> None:
         load_image(tmp_path / "x.png")
 
 
-# ------------------------------------------------------------------------------- decompression bombs
-
-
 def test_bomb_refused_from_header_before_decoding(tmp_path: Path) -> None:
     # 81 M pixels: under PIL's own limit, over ours; the file has no real pixel data, so decoding it
     # would fail with a different (truncation) message.
@@ -370,9 +357,6 @@ def test_pil_bomb_error_and_warning_become_input_error(tmp_path: Path, side: int
     path = _header_only_png(tmp_path / "bomb.png", side, side)
     with pytest.raises(InputError, match="decompression bomb"):
         load_image(path, max_pixels=10**9)
-
-
-# ---------------------------------------------------------------------------------------------- audio
 
 
 def _sine(frequency: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
@@ -517,9 +501,6 @@ def test_float_wav_out_of_range_refused(tmp_path: Path) -> None:
         load_audio(tmp_path / "loud.wav", sampling_rate=16000)
 
 
-# -------------------------------------------------------------------------------------------- prompts
-
-
 def test_validate_prompt_accepts_text() -> None:
     assert validate_prompt("  What is in the image?\n") == "  What is in the image?\n"
     assert validate_prompt("x" * 10, max_chars=10) == "x" * 10
@@ -574,3 +555,226 @@ def test_image_of_exactly_max_pixels_is_accepted_one_pixel_more_refused(tmp_path
     assert load_image(source, max_pixels=120).shape == (3, 12, 10)
     with pytest.raises(InputError, match="max_pixels"):
         load_image(source, max_pixels=119)
+
+
+# images: labels and file kinds
+
+
+def test_a_missing_or_empty_image_file_is_called_an_image(tmp_path):
+    """load_image: ``check_file(..., kind="image")`` -> None / "XXimageXX" / "IMAGE"."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    label = str(tmp_path / "empty.png")
+    with pytest.raises(InputError, match=exact(f"{label}: file is empty (0 bytes); pass a complete image file")):
+        load_image(tmp_path / "empty.png")
+
+
+def test_a_pil_image_is_labelled_by_name_then_file_name_then_pil_image(tmp_path):
+    """load_image (PIL branch): ``name or getattr(source, "filename", "") or "PIL image"`` (``or`` ->
+    ``and`` either side, ``source`` -> None, the attribute or its default changed, the fallback
+    "XX...XX" / lower case, the label -> None). A 1x1 image is refused, naming its label."""
+    small = Image.new("RGB", (1, 1))
+    tail = ": image is 1x1 pixels; images must be at least 2x2"
+    with pytest.raises(InputError, match=exact("PIL image" + tail)):
+        load_image(small)
+    with pytest.raises(InputError, match=exact("mine" + tail)):
+        load_image(small, name="mine")
+    small.save(tmp_path / "dot.png")
+    with (
+        Image.open(tmp_path / "dot.png") as opened,
+        pytest.raises(InputError, match=exact(f"{tmp_path / 'dot.png'}{tail}")),
+    ):
+        load_image(opened)
+
+
+def test_a_float_gray_image_out_of_range_is_named(tmp_path):
+    """_pil_to_tensor -> _high_depth_gray -> _unit_pixels: the label passed on (-> None) and the fix
+    "divide 8-bit values by 255 (16-bit by 65535) first" (-> None / "XX...XX" / upper case)."""
+    image = Image.fromarray(np.array([[0.5, 2.0], [0.0, 1.0]], dtype=np.float32), mode="F")
+    message = "bright: values out of [0, 1] (min 0, max 2); divide 8-bit values by 255 (16-bit by 65535) first"
+    with pytest.raises(InputError, match=exact(message)):
+        load_image(image, name="bright")
+    with pytest.raises(InputError, match=exact(message.replace("bright", "t"))):
+        load_image(torch.full((3, 2, 2), 2.0).index_fill_(1, torch.tensor([0]), 0.0), name="t")
+    with pytest.raises(InputError, match=exact(message.replace("bright", "a"))):
+        load_image(np.array([[0.0, 2.0], [0.5, 0.5]]), name="a")
+
+
+def test_a_mode_that_cannot_become_rgb_is_named():
+    """_pil_to_tensor -> _composite_on_white: the label passed on (-> None) and the message (-> None).
+    PIL cannot convert mode La to RGB (its own reason, in brackets, varies with its version)."""
+    message = r"^odd: image mode La cannot be converted to RGB \(.+\); save it as RGB first$"
+    with pytest.raises(InputError, match=message):
+        load_image(Image.new("La", (2, 2)), name="odd")
+
+
+def test_16_bit_gray_transparency_becomes_white_only_where_it_is(tmp_path):
+    """_high_depth_gray: pixels equal to the PNG tRNS value are white (the ``transparency`` key
+    -> None / "XX...XX" / upper case, ``==`` -> ``!=``, the white 1.0 -> None), and only those."""
+    codes = np.array([[1000, 2000], [65535, 1000]], dtype=np.uint16)
+    Image.fromarray(codes).save(tmp_path / "g16.png", transparency=1000)
+    gray = load_image(tmp_path / "g16.png")[0]
+    assert torch.allclose(gray, torch.tensor([[1.0, 2000 / 65535], [1.0, 1.0]]))
+
+
+# images: shapes, sizes and dtypes
+
+
+def test_shape_messages_in_full():
+    """_drop_batch_of_one's "pass one image per call", _channels_first's expected-layout texts (array and
+    tensor) and its ambiguity hint -> None / "XX...XX" / lower or upper case."""
+    with pytest.raises(
+        InputError, match=exact("b: got a batch of 2 images (shape (2, 3, 4, 4)); pass one image per call")
+    ):
+        load_image(np.zeros((2, 3, 4, 4), np.uint8), name="b")
+    layout = "expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) (one image per call)"
+    with pytest.raises(InputError, match=exact(f"a: shape (5, 4, 6) is not an image; {layout}")):
+        load_image(np.zeros((5, 4, 6), np.uint8), name="a")
+    tensor = "expected a channel-first tensor [C, H, W] with C in (1, 3, 4); use .permute(2, 0, 1) (one image per call)"
+    with pytest.raises(InputError, match=exact(f"t: shape (5, 4, 3) is not an image; {tensor}")):
+        load_image(torch.zeros(5, 4, 3), name="t")
+    ambiguous = (
+        "a: array shape (3, 4, 3) is ambiguous (H x W x C or C x H x W); "
+        "pass it as a channel-first torch tensor or a PIL image"
+    )
+    with pytest.raises(InputError, match=exact(ambiguous)):
+        load_image(np.zeros((3, 4, 3), np.uint8), name="a")
+
+
+def test_aspect_ratio_limit_allows_exactly_its_value():
+    """_check_image_size: ``max > MAX_ASPECT_RATIO * min`` -> ``>=``: a 400x2 image (200:1) is allowed,
+    402x2 refused, with the whole message."""
+    assert MAX_ASPECT_RATIO == 200
+    assert load_image(np.zeros((2, 400), np.uint8)).shape == (3, 2, 400)
+    message = (
+        "w: image is 402x2 pixels, an aspect ratio over 200:1; crop or pad it "
+        "(resizing its short side to the model's input would make it enormous)"
+    )
+    with pytest.raises(InputError, match=exact(message)):
+        load_image(np.zeros((2, 402), np.uint8), name="w")
+
+
+@pytest.mark.parametrize(
+    "codes", [np.array([[0, 255], [1, 2]], np.uint8), np.array([[True, False], [False, True]]), np.ones((2, 2))]
+)
+def test_every_pixel_dtype_comes_back_as_float32(codes):
+    """_unit_pixels: ``astype(np.float32)`` -> ``astype(None)`` (float64) in the bool, unsigned and float
+    branches."""
+    assert load_image(codes).dtype == torch.float32
+
+
+def test_signed_integer_pixels_are_refused_with_the_supported_dtypes():
+    """_unit_pixels: ``kind == "u" and itemsize <= 2`` -> ``or`` (int16 pixels would be divided by 32767);
+    the message -> "XX...XX" / upper case."""
+    message = "i: unsupported pixel dtype int16; use uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]"
+    with pytest.raises(InputError, match=exact(message)):
+        load_image(np.zeros((2, 2), np.int16), name="i")
+
+
+# audio
+
+
+def test_audio_default_duration_limit_is_600_seconds():
+    """load_audio: ``max_seconds=600.0`` -> 601: at 10 Hz, 6,000 samples (600 s) pass, 6,001 are
+    refused; the message's hint (-> "XX...XX" / upper case)."""
+    assert load_audio(np.zeros(6000, np.float32), sampling_rate=10).shape == (6000,)
+    message = "audio: 600.1 s of audio, over the limit of 600 s (max_seconds); trim it or raise max_seconds"
+    with pytest.raises(InputError, match=exact(message)):
+        load_audio(np.zeros(6001, np.float32), sampling_rate=10)
+
+
+def test_audio_rate_and_type_messages():
+    """load_audio: the "sampling_rate" label (-> "XX...XX"), the default "audio" label (-> "XX...XX" /
+    "AUDIO"), the unsupported-type hint; _checked_rate: ``rate <= 0`` -> ``<= 1`` (1 Hz is a rate)."""
+    with pytest.raises(InputError, match=exact("sampling_rate: expected a positive integer number of Hz, got 0")):
+        load_audio(np.zeros(4, np.float32), sampling_rate=0)
+    assert load_audio(np.zeros(4, np.float32), sampling_rate=1).shape == (4,)
+    message = "audio: unsupported type list; pass a file path, a numpy array, a torch tensor or (waveform, rate)"
+    with pytest.raises(InputError, match=exact(message)):
+        load_audio(([0.0, 0.1], 8000), sampling_rate=8000)
+
+
+def test_a_missing_audio_file_is_called_an_audio_file(tmp_path):
+    """_read_audio_file: ``check_file(..., kind="audio")`` -> None / "XXaudioXX" / "AUDIO"."""
+    (tmp_path / "empty.wav").write_bytes(b"")
+    label = str(tmp_path / "empty.wav")
+    with pytest.raises(InputError, match=exact(f"{label}: file is empty (0 bytes); pass a complete audio file")):
+        load_audio(tmp_path / "empty.wav", sampling_rate=8000)
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((8, 50), 0), ((50, 8), 1)])
+def test_eight_channels_on_either_axis_are_channels(shape, axis):
+    """_audio_channel_axis: ``<= _MAX_AUDIO_CHANNELS`` -> ``<`` on either axis: 8 channels are allowed,
+    averaged to mono."""
+    pcm = np.arange(400, dtype=np.float32).reshape(shape) / 1000
+    assert torch.allclose(load_audio(pcm, sampling_rate=8000), torch.from_numpy(pcm.mean(axis=axis)))
+
+
+def test_audio_layout_and_range_messages():
+    """_audio_channel_axis's "is ambiguous" (-> "XX...XX") and _unit_samples' fix text (-> "XX...XX")."""
+    message = "w: waveform shape (4, 4) is ambiguous; pass [C, T] or [T, C] with C <= 8 and more samples than channels"
+    with pytest.raises(InputError, match=exact(message)):
+        load_audio(np.zeros((4, 4), np.float32), sampling_rate=8000, name="w")
+    message = (
+        "w: values out of [-1, 1] (min 0, max 2); "
+        "normalise the waveform to [-1, 1] (e.g. divide int16 samples by 32768)"
+    )
+    with pytest.raises(InputError, match=exact(message)):
+        load_audio(np.array([0.0, 2.0], np.float32), sampling_rate=8000, name="w")
+
+
+def test_int32_pcm_is_divided_by_two_to_the_31():
+    """_unit_samples: ``itemsize <= 4`` -> ``< 4``: 32-bit PCM is PCM, full scale 2**31."""
+    pcm = np.array([2**30, -(2**31), 0], np.int32)
+    assert torch.equal(load_audio(pcm, sampling_rate=8000), torch.tensor([0.5, -1.0, 0.0]))
+
+
+def test_resampled_audio_is_float32_clipped_to_both_bounds():
+    """_resample: ``np.clip(..., -1.0, 1.0)`` with either bound dropped or moved to -2 / 2, and
+    ``astype(np.float32)`` -> None. A full-scale square wave overshoots on both sides when resampled
+    (Gibbs), so the result must touch both bounds exactly and no further."""
+    square = np.where(np.arange(800) % 40 < 20, 1.0, -1.0).astype(np.float32)
+    out = load_audio((square, 8000), sampling_rate=16000)
+    assert out.dtype == torch.float32 and out.shape == (1600,)
+    assert out.max().item() == 1.0 and out.min().item() == -1.0
+
+
+def test_a_grad_tensor_that_needs_resampling_is_named():
+    """load_audio -> _resample: the label passed on (-> None)."""
+    wave = torch.zeros(800, requires_grad=True)
+    message = "clip: cannot resample a tensor that requires grad (8000 -> 16000 Hz); pass it at 16000 Hz"
+    with pytest.raises(InputError, match=exact(message)):
+        load_audio((wave, 8000), sampling_rate=16000, name="clip")
+
+
+def test_an_int16_wav_reads_as_float_pcm(tmp_path):
+    """_read_audio_file: ``sf.read(path, dtype="float32", ...)``: int16 samples come back divided by
+    32768, as float32."""
+    sf.write(tmp_path / "i.wav", np.array([16384, -32768, 0], np.int16), 8000, subtype="PCM_16")
+    assert torch.equal(load_audio(tmp_path / "i.wav", sampling_rate=8000), torch.tensor([0.5, -1.0, 0.0]))
+
+
+# prompts
+
+
+def test_prompt_default_length_limit_is_32000_characters():
+    """validate_prompt: ``max_chars=32_000`` -> 32001: 32,000 characters pass, 32,001 are refused."""
+    assert len(validate_prompt("a" * 32_000)) == 32_000
+    with pytest.raises(
+        InputError, match=exact("prompt: 32,001 characters, over the limit of 32,000 (max_chars); shorten it")
+    ):
+        validate_prompt("a" * 32_001)
+
+
+def test_undecodable_prompt_message_names_the_character():
+    """validate_prompt: the UTF-8 error message -> None."""
+    message = "prompt: is not valid UTF-8 text (undecodable byte at character 2); pass UTF-8"
+    with pytest.raises(InputError, match=exact(message)):
+        validate_prompt("ab\udcff")
+
+
+def test_extreme_aspect_ratios_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (20000, 3)).save(path)
+    with pytest.raises(InputError, match="aspect ratio over 200:1"):
+        load_image(path)
+    assert load_image(np.zeros((2, 400, 3), np.uint8)).shape == (3, 2, 400)  # 200:1 is still an image

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import smoothguard
+from support.cli import run_without_model
 
 PACKAGE = Path(smoothguard.__file__).resolve().parent
+
 
 #: DESIGN.md section 3, from the ground up: the first part of a module's name below ``smoothguard``.
 LAYERS = {
@@ -23,7 +25,11 @@ LAYERS = {
     4: {"server", "testbed"},
     5: {"cli", "__main__"},
 }
+
+
 LAYER_OF = {part: layer for layer, parts in LAYERS.items() for part in parts}
+
+
 #: Plug-ins: registered through entry points, never named (imported or in a string) below their layer.
 PLUGINS = ("smoothguard.testbed",)
 
@@ -118,3 +124,12 @@ def test_plugins_are_not_named_below_their_layer(plugin):
         if layer(module_name(path)) < layer(plugin) and plugin in path.read_text()
     ]
     assert not named, f"{plugin} is named in lower layers: {named} (register it through an entry point)"
+
+
+def test_import_smoothguard_imports_nothing_heavy():
+    code = """
+import json, sys
+import smoothguard
+print(json.dumps({name: name in sys.modules for name in ("torch", "transformers", "scipy", "sklearn", "fastapi")}))
+"""
+    assert not any(run_without_model(code).values())

@@ -26,6 +26,8 @@ from smoothguard.openai_client import (
 )
 
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
 #: A script entry that never answers (until the test ends): the client's timeout must fire.
 HOLD = "hold"
 

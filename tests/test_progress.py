@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import smoothguard
-from eval_support import make_pope_folder
 from smoothguard.attacks import PGD, TargetObjective
 from smoothguard.cli import main
 from smoothguard.config import GuardConfig
 from smoothguard.eval import GuardSpec, evaluate
 from smoothguard.progress import INTERVAL_ENV, Progress, default_interval, format_duration, track
+from support.eval import make_pope_folder
 
 
 class Clock:

@@ -1,39 +1,23 @@
 """The purifier stage (denoised smoothing) and the vote on parsed answers, on a tiny random LLaVA."""
 
 import json
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from smoothguard import ConfigError, GuardConfig, SmoothGuard
-from smoothguard.answers import RefusalParser, YesNoParser
-from smoothguard.attacks import EOT
-from smoothguard.cli import EXIT_USER_ERROR, main
-from smoothguard.cluster import vote
-from smoothguard.errors import ModelLoadError
-from smoothguard.purify import CallablePurifier, check_purifier_spec, load_purifier, purifier_names
-
-PROMPT = "What is in the image?"
-
-
-class Recorder(torch.nn.Module):
-    """A purifier that records what it is given and returns a fixed mix of its input and mid-grey."""
-
-    name = "recorder"
-
-    def __init__(self, keep: float = 0.5) -> None:
-        super().__init__()
-        self.keep = keep
-        self.calls: list[tuple[torch.Tensor, float]] = []
-
-    def forward(self, images: torch.Tensor, sigma: float) -> torch.Tensor:
-        self.calls.append((images.detach().clone(), sigma))
-        return self.keep * images + (1 - self.keep) * 0.5
-
-
-def grey(images: torch.Tensor) -> torch.Tensor:
-    """A one-argument purifier: every image becomes mid-grey (keeps the graph: 0 * images)."""
-    return images * 0 + 0.5
+from smoothguard import ConfigError
+from smoothguard.errors import InputError, ModelLoadError
+from smoothguard.purify import (
+    DIFFUSION_CHUNK,
+    CallablePurifier,
+    DiffusionPurifier,
+    check_purifier_spec,
+    load_purifier,
+    purifier_names,
+)
+from support.guard import Recorder, grey
 
 
 def test_callable_purifiers_are_wrapped_with_or_without_sigma():
@@ -64,232 +48,261 @@ def test_unknown_purifier_and_folders_are_one_line_errors(tmp_path):
     assert "testbed-denoiser" in purifier_names()
 
 
-def test_purifier_needs_pixel_space():
-    with pytest.raises(ConfigError, match="use noise space pixel, not normalized"):
-        GuardConfig(purifier="testbed-denoiser", noise_space="normalized")
-    with pytest.raises(ConfigError, match="not waveform"):
-        GuardConfig(purifier="testbed-denoiser", noise_space="waveform")
-    resolved = GuardConfig(purifier="testbed-denoiser").resolve("normalized")
-    assert resolved.noise_space == "pixel" and resolved.sigma == 0.027  # the purifier's space and its default
+diffusers = pytest.importorskip("diffusers")
 
 
-def test_every_noisy_copy_and_the_clean_one_pass_through_the_purifier(tiny_llava, minilm, image_file):
-    recorder = Recorder()
-    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.2, num_copies=3)
-    result = guard.generate(PROMPT, image=image_file, max_new_tokens=3)
-    assert guard.config.noise_space == "pixel" and guard.config.purifier == "recorder"
-    assert result.config["purifier"] == "recorder" and result.config["purifier_identity"] == {"name": "recorder"}
-    shapes = [tuple(images.shape) for images, _ in recorder.calls]
-    assert shapes[0][0] == 1 and sum(shape[0] for shape in shapes[1:]) == 3  # the clean one, then 3 copies
-    assert all(sigma == 0.2 for _, sigma in recorder.calls)
-    clean = recorder.calls[0][0][0]
-    noisy = torch.cat([images for images, _ in recorder.calls[1:]])
-    assert not torch.equal(noisy[0], clean) and noisy.min() >= 0 and noisy.max() <= 1  # clamped noisy copies
-    assert guard.describe()["purifier_identity"] == {"name": "recorder"}
-
-
-def test_purify_clean_false_leaves_the_clean_candidate_alone(tiny_llava, minilm, image_file):
-    """Mutation: the clean candidate purified although purify_clean=False."""
-    recorder = Recorder()
-    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, purify_clean=False, sigma=0.2, num_copies=2)
-    guard.generate(PROMPT, image=image_file, max_new_tokens=2)
-    assert sum(images.shape[0] for images, _ in recorder.calls) == 2
-    plain = SmoothGuard(tiny_llava, embedder=minilm, sigma=0.2, noise_space="pixel", num_copies=0)
-    unpurified = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, purify_clean=False, num_copies=0)
-    first = plain.generate(PROMPT, image=image_file, max_new_tokens=4)
-    assert unpurified.generate(PROMPT, image=image_file, max_new_tokens=4).text == first.text
-
-
-def test_a_purifier_that_erases_the_image_makes_every_candidate_the_same(tiny_llava, minilm, image_file, tmp_path):
-    other = tmp_path / "other.png"
-    from PIL import Image
-
-    Image.new("RGB", (40, 40), (250, 10, 10)).save(other)
-    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=grey, sigma=0.5, num_copies=4)
-    first = guard.generate(PROMPT, image=image_file, max_new_tokens=5)
-    second = guard.generate(PROMPT, image=other, max_new_tokens=5)
-    assert len(set(first.candidates)) == 1 and first.candidates == second.candidates
-
-
-def test_replace_keeps_the_purifier_unless_it_changes(tiny_llava, minilm):
-    recorder = Recorder()
-    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.1)
-    assert guard.replace(sigma=0.2).purifier is recorder
-    assert guard.replace(purifier=None).purifier is None
-    assert SmoothGuard(tiny_llava, embedder=minilm, sigma=0.1).purifier is None
-
-
-def test_eot_gradient_runs_through_noise_and_purifier(tiny_llava, minilm):
-    """The adaptive attack sees the purifier: an erasing purifier leaves no gradient on the pixels, a
-    half-keeping one halves it, and every step draws fresh noise through it."""
-    pixels = 0.3 + 0.4 * torch.rand(3, 30, 30)  # sigma 0.01: no copy reaches the [0, 1] clamps
-
-    def gradient(purifier) -> torch.Tensor:
-        guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=purifier, sigma=0.01)
-        eot = EOT.from_guard(guard, samples=3)
-        assert eot.purifier is guard.purifier
-        x = pixels.clone().requires_grad_()
-        inputs = eot.media(tiny_llava, x, seed=0, step=0)
-        sum(batch["pixel_values"].sum() for batch in inputs).backward()
-        return x.grad
-
-    keep_all = gradient(lambda images, sigma: images)
-    assert keep_all.abs().sum() > 0
-    assert torch.allclose(gradient(Recorder(keep=0.5)), keep_all / 2, atol=1e-6)
-    assert gradient(grey).abs().sum() == 0
-    recorder = Recorder()
-    eot = EOT.from_guard(SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.1), samples=2)
-    eot.media(tiny_llava, pixels, seed=0, step=0)
-    eot.media(tiny_llava, pixels, seed=0, step=1)
-    # Per step: the noisy copies, then the clean candidate, each through the purifier.
-    (step0, _), (clean0, _), (step1, _), (clean1, _) = recorder.calls
-    assert step0.shape[0] == 2 and not torch.equal(step0, step1)
-    assert torch.equal(clean0, pixels.unsqueeze(0)) and torch.equal(clean1, clean0)  # no noise on the clean one
-    assert eot.describe()["purifier"] == {"name": "recorder"} and eot.describe()["purify_clean"] is True
-    with pytest.raises(ConfigError, match="use noise space pixel, not normalized"):
-        EOT(SmoothGuard(tiny_llava, embedder=minilm).noise, 2, recorder)
-
-
-def test_eot_sees_the_clean_candidate_as_the_guard_votes_over_it(tiny_llava, minilm):
-    """EOT.from_guard adds the clean input after the noisy copies: through the purifier, told the guard's
-    sigma, exactly as ``guard.purified_clean`` makes it (and preprocessed as the guard does); unpurified
-    when the guard does not purify its clean candidate; absent with ``clean=False``."""
-    pixels = 0.3 + 0.4 * torch.rand(3, 30, 30, generator=torch.Generator().manual_seed(0))
-    recorder = Recorder()
-    guard = SmoothGuard(tiny_llava, embedder=minilm, purifier=recorder, sigma=0.2, num_copies=2)
-    media = EOT.from_guard(guard, samples=2).media(tiny_llava, pixels, seed=0, step=0)
-    assert len(media) == 3 and recorder.calls[-1][1] == 0.2
-    expected = tiny_llava.preprocess(guard.purified_clean(pixels))
-    assert torch.equal(media[2]["pixel_values"], expected["pixel_values"])
-    unpurified = guard.replace(purify_clean=False)
-    media = EOT.from_guard(unpurified, samples=2).media(tiny_llava, pixels, seed=0, step=0)
-    assert torch.equal(media[2]["pixel_values"], tiny_llava.preprocess(pixels.unsqueeze(0))["pixel_values"])
-    assert EOT.from_guard(unpurified, samples=2).describe()["purify_clean"] is False
-    alone = EOT(guard.noise, 2, recorder, clean=False)
-    assert len(alone.media(tiny_llava, pixels, seed=0, step=0)) == alone.candidates == 2
-    assert EOT.from_guard(guard, samples=2).candidates == 3
-
-
-def test_vote_counts_majority_and_ties():
-    outcome = vote(["Yes.", "No", "no!", "Yes", "Nope"], ["yes", "no", "no", "yes", "no"], prefer_index=0)
-    assert outcome.votes == {"no": 3, "yes": 2} and outcome.cluster_sizes == [3, 2]
-    assert outcome.labels == [1, 0, 0, 1, 0] and outcome.chosen_index == 1 and outcome.majority_fraction == 0.6
-    # A 2-2 tie goes to the preferred (clean) candidate's label, whichever comes first.
-    tie = vote(["a", "b", "c", "d"], ["no", "yes", "no", "yes"], prefer_index=1)
-    assert tie.votes == {"yes": 2, "no": 2} and tie.chosen_index == 1 and tie.labels == [1, 0, 1, 0]
-    # Without a preference the label seen first wins, and the majority's first member is chosen.
-    assert vote(["a", "b", "c", "d"], ["no", "yes", "no", "yes"]).chosen_index == 0
-    assert vote(["x", "y", "z"], ["refuse", "comply", "comply"], prefer_index=0).chosen_index == 1
-    with pytest.raises(ConfigError, match="one parsed label per candidate"):
-        vote(["a"], ["x", "y"])
-
-
-def test_guard_votes_on_parsed_answers(tiny_llava, image_file, monkeypatch):
-    """With vote="parsed" no embedder is loaded; the answer is the parsed majority's (clean first)."""
-    answers = iter([["No.", "Yes it is", "Yes", "No", "yes"]])
-
-    def complete(inputs, **kwargs):
-        from smoothguard.models.base import Generation
-
-        return [Generation(text, 3, 2, "stop") for text in next(answers)]
-
-    monkeypatch.setattr(tiny_llava, "complete", complete)
-    guard = SmoothGuard(tiny_llava, vote="parsed", parser="yes-no", sigma=0.3, num_copies=4, embedder="no-such")
-    result = guard.generate(PROMPT, image=image_file)
-    assert result.votes == {"yes": 3, "no": 2} and result.text == "Yes it is" and result.chosen_index == 1
-    assert result.config["embedder"] is None and result.config["vote"] == "parsed"
-    with pytest.raises(ConfigError, match="needs a parser"):
-        GuardConfig(vote="parsed")
-    with pytest.raises(ConfigError, match="unknown answer parser"):
-        GuardConfig(vote="parsed", parser="maybe")
-
-
-def test_parsers_of_answers():
-    assert [YesNoParser()(a) for a in ("Yes.", "No, it is not", "There is not one")] == ["yes", "no", "no"]
-    assert RefusalParser()("I\u2019m sorry, I can\u2019t") == "refuse" and RefusalParser()("SECRET") == "comply"
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--purifier", "nope"], "unknown purifier 'nope'"),
-        (["--purifier", "testbed-denoiser", "--noise-space", "normalized"], "use noise space pixel"),
-        (["--vote", "parsed"], "needs a parser"),
-    ],
-)
-def test_cli_purifier_and_vote_errors_are_one_line(capsys, extra, message, image_file):
-    code = main(["generate", "--model", "/no/such/model", "--image", str(image_file), "--prompt", "Hi", *extra])
-    err = capsys.readouterr().err.strip()
-    assert code == EXIT_USER_ERROR and message in err and len(err.splitlines()) == 1
-
-
-def test_cli_generate_with_a_purifier_folder_and_parsed_vote(capsys, tiny_llava_dir, image_file):
-    pytest.importorskip("smoothguard.testbed.denoiser", reason="the testbed denoiser is not built yet")
-    argv = ["generate", "--model", str(tiny_llava_dir), "--image", str(image_file), "--prompt", "Is it red?"]
-    code = main(
-        [
-            *argv,
-            "--purifier",
-            "testbed-denoiser",
-            "--sigma",
-            "0.1",
-            "--num-copies",
-            "2",
-            "--json",
-            "--vote",
-            "parsed",
-            "--parser",
-            "yes-no",
-            "--max-new-tokens",
-            "3",
-        ]
+def tiny_unet(**changes) -> "diffusers.UNet2DModel":
+    torch.manual_seed(0)
+    settings = dict(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
     )
-    result = json.loads(capsys.readouterr().out)
-    assert code == 0 and result["config"]["purifier"] == "testbed-denoiser" and sum(result["votes"].values()) == 3
-    assert result["config"]["purifier_identity"]["name"] == "testbed-denoiser"
+    return diffusers.UNet2DModel(**{**settings, **changes})
 
 
-def test_server_reports_the_purifier_and_the_parsed_votes(tiny_llava):
-    """``serve`` with a purifier and a parsed vote: /health and every answer's evidence name them."""
-    import httpx
-
-    from server_support import post, question
-    from smoothguard.server import BackgroundServer, ServerSettings, create_app
-
-    guard = SmoothGuard(tiny_llava, purifier=Recorder(), sigma=0.1, num_copies=2, vote="parsed", parser="yes-no")
-    with BackgroundServer(create_app(guard, ServerSettings(model_name="tiny", fixed_seed=True))) as running:
-        health = httpx.get(f"{running.url}/health", timeout=30).json()
-        answer = post(running.url, {"model": "tiny", "messages": question("Is it red?", seed=1), "max_tokens": 3})
-    assert health["purifier"] == "recorder" and health["noise_space"] == "pixel" and health["vote"] == "parsed"
-    evidence = answer.json()["smoothguard"]
-    assert evidence["purifier"] == "recorder" and evidence["vote"] == "parsed"
-    assert sum(evidence["votes"].values()) == 3 and set(evidence["votes"]) <= {"yes", "no"}
-
-
-def test_eval_runs_with_a_purifier_and_records_it(capsys, tmp_path):
-    argv = ["eval", "testbed-pope", "--model", "testbed", "--purifier", "testbed-denoiser", "--sigma", "0.25"]
-    argv += ["--num-copies", "2", "--option", "num_scenes=1", "--limit", "2", "--out", str(tmp_path), "--json"]
-    assert main(argv) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    defense = summary["settings"]["guard"]["defense"]
-    assert (defense["purifier"], defense["noise_space"], defense["sigma"]) == ("testbed-denoiser", "pixel", 0.25)
-    assert summary["items"]["done"] == 2
-    assert "purifier testbed-denoiser" in (tmp_path / "report.md").read_text()
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny random DDPMs in each layout: a bare UNet folder, a pipeline folder (unet/ + scheduler/), a UNet folder
+    with its own scheduler_config.json beside it (the google/ddpm-* layout), and pipelines of other kinds."""
+    root = tmp_path_factory.mktemp("ddpm")
+    unet = tiny_unet()
+    unet.save_pretrained(root / "bare")
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(root / "pipeline")
+    unet.save_pretrained(root / "flat")
+    flat_schedule = diffusers.DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2")
+    flat_schedule.save_pretrained(root / "flat")
+    for kind in ("sample", "v_prediction", "flow"):
+        scheduler = diffusers.DDPMScheduler(prediction_type=kind)
+        diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / kind)
+    return {"root": root, "flat_schedule": flat_schedule} | {
+        name: str(root / name) for name in ("bare", "pipeline", "flat", "sample", "v_prediction", "flow")
+    }
 
 
-def test_a_remote_model_gets_the_purified_copies(image_file):
-    """The guard proxy's path: pixel copies are purified before they are encoded and sent upstream. The
-    scripted upstream answers with a hash of the image it got: an erasing purifier makes every image the
-    same (mutation: purifier skipped for remote models -> four different images)."""
-    from server_support import ScriptedUpstream
-    from smoothguard import load_model
-    from smoothguard.server import BackgroundServer
+@pytest.fixture(scope="module")
+def one_shot(folders) -> DiffusionPurifier:
+    return load_purifier("diffusion:" + folders["bare"])
 
-    upstream = ScriptedUpstream()
-    with BackgroundServer(upstream.app) as server:
-        model = load_model(f"openai:{server.url}/v1#scripted")
-        plain = SmoothGuard(model, sigma=0.2, num_copies=3, vote="parsed", parser="refusal")
-        erased = SmoothGuard(model, plain.config.replace(purifier=None), purifier=grey)
-        noisy = plain.generate("q", image=image_file, max_new_tokens=4).candidates
-        purified = erased.generate("q", image=image_file, max_new_tokens=4).candidates
-    assert len(set(noisy)) == 4 and len(set(purified)) == 1
+
+def linear_noise_levels() -> np.ndarray:
+    """sqrt((1 - abar_t) / abar_t) of the DDPM linear schedule (beta 1e-4 to 0.02, 1000 steps), in float64."""
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    return np.sqrt((1 - abar) / abar)
+
+
+def test_timestep_matches_the_noise_level_of_twice_sigma(one_shot):
+    levels = linear_noise_levels()
+    sigmas = [0.005, 0.01, 0.03, 0.05, 0.1, 0.12, 0.25, 0.5, 1.0]
+    chosen = [one_shot.timestep(sigma) for sigma in sigmas]
+    assert chosen == [int(np.argmin(np.abs(levels - 2 * sigma))) for sigma in sigmas]
+    assert chosen[sigmas.index(0.25)] == 144 and chosen[sigmas.index(0.5)] == 258
+    assert chosen == sorted(chosen) and len(set(chosen)) == len(chosen)  # monotone in sigma
+    assert one_shot.timestep(100.0) == 999  # beyond the schedule: its last step
+    assert one_shot.timestep(0) is None and one_shot.timestep(0.0) is None
+    images = torch.rand(2, 3, 20, 28)
+    assert one_shot(images, 0.0) is images  # sigma 0: no purification at all
+    for bad in (-0.1, float("nan"), True, "0.1"):
+        with pytest.raises(ConfigError, match="sigma must be a finite number >= 0"):
+            one_shot.timestep(bad)
+
+
+def test_a_unet_folder_uses_the_schedule_saved_beside_it(folders):
+    purifier = load_purifier("diffusion:" + folders["flat"])
+    assert purifier.describe()["num_train_timesteps"] == 200
+    abar = folders["flat_schedule"].alphas_cumprod.double().numpy()
+    levels = np.sqrt((1 - abar) / abar)
+    assert purifier.timestep(0.1) == int(np.argmin(np.abs(levels - 0.2)))
+    assert load_purifier("diffusion:" + folders["bare"]).describe()["num_train_timesteps"] == 1000  # the default
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_output_has_the_input_shape_and_stays_in_range(folders, steps):
+    purifier = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=steps)
+    images = torch.rand(2, 3, 20, 28)  # not square and not the UNet's 16 x 16
+    out = purifier(images, 0.25)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.min() >= 0 and out.max() <= 1 and not torch.equal(out, images)
+    square = torch.rand(1, 3, 16, 16)
+    assert purifier(square, 0.1).shape == square.shape
+
+
+def test_one_shot_is_the_x0_estimate_of_the_matched_timestep(folders):
+    """Carlini et al.: x_t = sqrt(abar) (2x - 1), x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), clamped, back to [0, 1];
+    for "sample" the UNet's output is x0, for "v_prediction" x0 = sqrt(abar) x_t - sqrt(1 - abar) v."""
+    unet = tiny_unet().eval()
+    images = torch.rand(3, 3, 16, 16)
+    abar = float(diffusers.DDPMScheduler().alphas_cumprod[57])
+    x_t = abar**0.5 * (2 * images - 1)
+    with torch.no_grad():
+        output = unet(x_t, 57).sample
+    x0 = {
+        "pipeline": (x_t - (1 - abar) ** 0.5 * output) / abar**0.5,
+        "sample": output,
+        "v_prediction": abar**0.5 * x_t - (1 - abar) ** 0.5 * output,
+    }
+    for folder, estimate in x0.items():
+        purifier = load_purifier("diffusion:" + folders[folder])
+        assert purifier.timestep(0.1) == 57
+        with torch.no_grad():
+            out = purifier(images, 0.1)
+        assert torch.allclose(out, ((estimate.clamp(-1, 1) + 1) / 2).clamp(0, 1), atol=1e-5), folder
+
+
+def test_k_steps_are_ddpm_ancestral_steps_from_t_star_to_zero(folders):
+    """The K-step purifier equals diffusers' own DDPMScheduler loop on the timesteps t*, ..., 0 (evenly spaced) with
+    a CPU generator seeded with the purifier's seed."""
+    purifier = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=4, seed=7)
+    images = torch.rand(2, 3, 16, 16)
+    start = purifier.timestep(0.1)
+    timesteps = [round(start * (3 - i) / 3) for i in range(4)]
+    assert timesteps == [57, 38, 19, 0]
+    scheduler = diffusers.DDPMScheduler()
+    scheduler.set_timesteps(timesteps=timesteps)
+    unet, generator = tiny_unet().eval(), torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        x = float(scheduler.alphas_cumprod[start]) ** 0.5 * (2 * images - 1)
+        for t in timesteps:
+            step = scheduler.step(unet(x, t).sample, t, x, generator=generator)
+            x = step.prev_sample
+        out = purifier(images, 0.1)
+    assert torch.allclose(out, (x.clamp(-1, 1) + 1) / 2, atol=1e-4)
+    tiny_start = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=10)
+    calls: list[int] = []
+    tiny_start.unet.register_forward_hook(lambda module, args, output: calls.append(int(args[1])))
+    tiny_start(images, 0.01)  # t* = 2 < K - 1: the distinct timesteps 2, 1, 0 only
+    assert calls == [2, 1, 0]
+
+
+def test_same_seed_same_output_and_stochastic_steps_differ_across_seeds(folders):
+    images = torch.rand(2, 3, 20, 28)
+    one = DiffusionPurifier.from_pretrained(folders["pipeline"])
+    assert torch.equal(one(images, 0.2), one(images, 0.2))
+    other_seed = DiffusionPurifier.from_pretrained(folders["pipeline"], seed=1)
+    assert torch.equal(one(images, 0.2), other_seed(images, 0.2))  # one shot draws nothing
+    many = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=3, seed=0)
+    again = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=3, seed=0)
+    first = many(images, 0.2)
+    assert torch.equal(first, many(images, 0.2)) and torch.equal(first, again(images, 0.2))
+    reseeded = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=3, seed=1)
+    assert not torch.allclose(first, reseeded(images, 0.2))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_gradient_reaches_the_input_pixels(folders, steps):
+    purifier = DiffusionPurifier.from_pretrained(folders["pipeline"], steps=steps)
+    assert not purifier.unet.training and not any(p.requires_grad for p in purifier.unet.parameters())
+    images = torch.rand(2, 3, 20, 28).requires_grad_()
+    purifier(images, 0.1).sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in purifier.unet.parameters())
+
+
+def test_large_batches_run_in_chunks_with_the_same_result(one_shot):
+    sizes: list[int] = []
+    handle = one_shot.unet.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
+    images = torch.rand(DIFFUSION_CHUNK + 4, 3, 12, 12)
+    try:
+        with torch.no_grad():
+            together = one_shot(images, 0.1)
+            apart = torch.cat([one_shot(images[:5], 0.1), one_shot(images[5:], 0.1)])
+    finally:
+        handle.remove()
+    assert sizes[:2] == [DIFFUSION_CHUNK, 4] and max(sizes) <= DIFFUSION_CHUNK
+    assert torch.allclose(together, apart, atol=1e-6)
+
+
+def test_diffusion_specs_load_one_shot_and_k_step_purifiers(folders):
+    assert check_purifier_spec(" diffusion:" + folders["pipeline"] + "@3 ") == "diffusion:" + folders["pipeline"] + "@3"
+    one = load_purifier("diffusion:" + folders["pipeline"], device="cpu")
+    assert isinstance(one, DiffusionPurifier) and one.steps == 1 and one.name == "diffusion:" + folders["pipeline"]
+    three = load_purifier("diffusion:" + folders["pipeline"] + "@3")
+    assert three.steps == 3 and three.name == "diffusion:" + folders["pipeline"] + "@3"
+    assert load_purifier("diffusion:" + folders["bare"] + "@1").name == "diffusion:" + folders["bare"]
+    assert three.to("cpu") is three
+
+
+def test_describe_names_the_model_and_its_settings(folders):
+    purifier = DiffusionPurifier.from_pretrained(folders["v_prediction"], steps=5, seed=3)
+    assert purifier.describe() == {
+        "name": "diffusion:" + folders["v_prediction"] + "@5",
+        "kind": "diffusion",
+        "source": folders["v_prediction"],
+        "steps": 5,
+        "seed": 3,
+        "sample_size": 16,
+        "parameters": sum(p.numel() for p in tiny_unet().parameters()),
+        "prediction_type": "v_prediction",
+        "num_train_timesteps": 1000,
+    }
+    json.dumps(purifier.describe())
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_bad_specs_and_folders_are_one_line_errors(folders, tmp_path):
+    for steps in ("0", "x", "", "-1", "1.5", " "):
+        with pytest.raises(ConfigError, match="integer >= 1") as error:
+            check_purifier_spec("diffusion:" + folders["pipeline"] + "@" + steps)
+        one_line(error)
+    with pytest.raises(ConfigError, match="diffusion: needs"):
+        load_purifier("diffusion:@3")
+    with pytest.raises(ModelLoadError, match="no such folder") as error:
+        load_purifier("diffusion:" + str(tmp_path / "missing"))
+    one_line(error)
+    with pytest.raises(ModelLoadError, match="holds no diffusers UNet") as error:
+        load_purifier("diffusion:" + str(tmp_path))
+    one_line(error)
+    tiny_unet().save_config(tmp_path / "no-weights")
+    with pytest.raises(ModelLoadError, match=r"cannot load diffusion model.*no file named") as error:
+        load_purifier("diffusion:" + str(tmp_path / "no-weights"))
+    one_line(error)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot load diffusion model") as error:
+        load_purifier("diffusion:" + str(tmp_path / "corrupt"))
+    one_line(error)
+    with pytest.raises(ModelLoadError, match=r"cannot load diffusion model 'nobody/no-such-ddpm'.*cache") as error:
+        load_purifier("diffusion:nobody/no-such-ddpm")  # offline (conftest) and not cached
+    one_line(error)
+    with pytest.raises(ConfigError, match="predicts 'flow'; supported epsilon, sample, v_prediction") as error:
+        load_purifier("diffusion:" + folders["flow"])
+    one_line(error)
+
+
+def test_unsupported_models_and_inputs_are_refused(folders, tmp_path):
+    tiny_unet(out_channels=6).save_pretrained(tmp_path / "learned-variance")
+    with pytest.raises(ModelLoadError, match="maps 3 to 6 channels"):
+        load_purifier("diffusion:" + str(tmp_path / "learned-variance"))
+    tiny_unet(num_class_embeds=10).save_pretrained(tmp_path / "conditional")
+    with pytest.raises(ModelLoadError, match="class-conditional"):
+        load_purifier("diffusion:" + str(tmp_path / "conditional"))
+    score_sde = tmp_path / "score-sde"
+    tiny_unet().save_pretrained(score_sde / "unet")
+    (score_sde / "scheduler").mkdir()
+    (score_sde / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 1348.0})
+    )
+    with pytest.raises(ModelLoadError, match="has no beta schedule"):
+        load_purifier("diffusion:" + str(score_sde))
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        DiffusionPurifier.from_pretrained(folders["bare"], steps=0)
+    purifier = load_purifier("diffusion:" + folders["bare"])
+    with pytest.raises(InputError, match=r"images \[B, 3, H, W\], got \(3, 16, 16\)"):
+        purifier(torch.rand(3, 16, 16), 0.1)
+
+
+def test_without_diffusers_the_error_says_what_to_install(monkeypatch, folders):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ModelLoadError, match=r"needs diffusers: pip install 'smoothguard\[diffusion\]'"):
+        DiffusionPurifier.from_pretrained(folders["bare"])

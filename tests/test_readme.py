@@ -28,12 +28,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, needs_reference
+from support.common import SHARED, needs_reference
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 README = ROOT / "README.md"
+
+
 SHIPPED_ATTACKS = ROOT / "src" / "smoothguard" / "testbed" / "assets" / "attacks"
+
+
 SLOW_ENV = "SMOOTHGUARD_README_SLOW"
+
 
 #: Run as written, by the test named (in README order within each).
 RUN = {
@@ -50,7 +57,9 @@ RUN = {
     "--repeats 7": "benchmark",  # ~11 s
 }
 
+
 _CERTIFY = "3-4 min each: 32 items x 410 copies at 2 sigmas (~26,000 generations) for the README's certification table"
+
 
 #: Runnable here, but slow because of their size: run with SMOOTHGUARD_README_SLOW=1.
 SLOW = {
@@ -74,8 +83,12 @@ SLOW = {
     ": a load benchmark (starts a server on loopback, 8 warm-up + 200 requests)",
 }
 
+
 _HUB = "needs a hub model (HF_HUB_OFFLINE=1 here; 7B weights, a GPU in practice)"
+
+
 _GPU_RUN = "the full GPU run: LLaVA-1.5-7B from the hub and the benchmark's published data in data/ (neither here)"
+
 
 #: Not run, with the reason.
 SKIP = {
@@ -135,7 +148,10 @@ SKIP = {
     "(gpu-host); tests/test_server_proxy.py runs one",
 }
 
+
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")
+
+
 _OPTIONAL = re.compile(r"\s*\[--[^\]]*\]")
 
 
@@ -309,6 +325,7 @@ def test_latency_benchmark_example_runs(workdir):
     assert "ratio" in bench.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(SLOW), ids=lambda key: " ".join(key.split()[:3]))
 def test_slow_readme_commands(workdir, key):
     if os.environ.get(SLOW_ENV) != "1":

@@ -8,11 +8,6 @@ expanded image tokens included) equal the HF processor's, and the differentiable
 within the bound the README states (in 1/255 pixel units: normalised difference x std x 255).
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import json
 
 import numpy as np
@@ -20,14 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import needs_reference
-from real_model_support import FIXTURES, save_real_llava, save_real_qwen2_vl
 from smoothguard import load_model
 from smoothguard.inputs import load_image
 from smoothguard.models import LlavaAdapter
 from smoothguard.models.qwen_vl import QwenVLAdapter
+from support.common import needs_reference
+from support.real_models import FIXTURES, save_real_llava, save_real_qwen2_vl
 
 pytestmark = needs_reference(FIXTURES, "the real model config files of ../shared")
+
 
 PROMPTS = (
     "What is in the image?",
@@ -36,7 +32,6 @@ PROMPTS = (
 )
 
 
-# ------------------------------------------------------------------------------------------ images
 def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """uint8 [H, W, 3]: random colours bilinearly upsampled (photo-like)."""
     rng = np.random.default_rng(seed)
@@ -63,9 +58,14 @@ def edge_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 KINDS = {"smooth": smooth_image, "perturbed": perturbed_image, "noisy": noisy_image, "edges": edge_image}
+
+
 # (height, width): upscaled, exact for LLaVA, landscape, portrait, panorama, odd, tiny, large.
 SIZES = ((60, 80), (336, 336), (480, 640), (640, 360), (200, 700), (123, 97), (17, 45), (1024, 768))
+
+
 IMAGES = [(kind, size) for kind in KINDS for size in SIZES]
+
 
 # |ours - HF processor (PIL backend)| in 1/255 pixel units (normalised difference x std x 255), as
 # measured on IMAGES with seeds 0-2 and stated in the README ("Preprocessing: one path for defense and
@@ -83,6 +83,8 @@ BOUNDS = {
     ("qwen_vl", "noisy"): (23.0, 0.43, 0.024),
     ("qwen_vl", "edges"): (16.9, 0.07, 0.007),
 }
+
+
 MARGIN = 1.1
 
 
@@ -103,7 +105,6 @@ def deviation_255(adapter, image: np.ndarray) -> torch.Tensor:
     return deviation.view(deviation.shape[0], 3, -1) * std.view(1, -1, 1) * 255
 
 
-# ---------------------------------------------------------------------------------- tiny real models
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory: pytest.TempPathFactory) -> LlavaAdapter:
     return load_model(save_real_llava(tmp_path_factory.mktemp("real-llava")), device="cpu")
@@ -176,6 +177,8 @@ EXPANSION_PROMPTS = (
     "Describe the scene in great detail, every object, its colour and where it is. " * 12,
     "Что на картинке? 猫か犬か 🐱 café — naïve “quotes”",
 )
+
+
 LEADING_PLACEHOLDER = {"llava": "<image>\n", "qwen_vl": "<|image_pad|>"}
 
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from conftest import exact
-from smoothguard.errors import ConfigError, RunConflictError
+from smoothguard.errors import ConfigError, DataError, RunConflictError
+from smoothguard.eval import evaluate
 from smoothguard.records import EvalItem, RunFolder, read_records
+from support.common import exact
 
 ITEMS = [EvalItem(f"q{i}", f"prompt {i}", None) for i in range(5)]
 
@@ -69,3 +70,22 @@ def test_other_settings_are_refused_and_a_file_is_not_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=exact(f"run folder {tmp_path / 'file'} is a file; pass a folder to --out")):
         RunFolder(tmp_path / "file", {})
+
+
+def test_a_corrupt_record_is_named_with_its_line(pope_run, tiny_llava):
+    pope, spec, run = pope_run
+    records = run / "records.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"records.jsonl, line 2 is corrupt"):
+        read_records(run)
+    with pytest.raises(DataError, match="delete that line to resume"):
+        evaluate("pope", spec, run, data=pope, model=tiny_llava, max_new_tokens=2)
+
+
+def test_two_records_of_one_item_are_refused(pope_run):
+    run = pope_run[2]
+    first = (run / "records.jsonl").read_text().splitlines()[0]
+    (run / "records.shard-0-of-2.jsonl").write_text(first + "\n")
+    with pytest.raises(DataError, match="has two records; were two runs writing one shard"):
+        read_records(run)

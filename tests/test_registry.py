@@ -5,10 +5,10 @@ from importlib.metadata import EntryPoint, EntryPoints, entry_points
 
 import pytest
 
-from conftest import exact
 from smoothguard import registry
 from smoothguard.errors import ConfigError
 from smoothguard.registry import Registry
+from support.common import exact
 
 GROUP = "smoothguard.test-things"
 
