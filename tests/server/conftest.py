@@ -41,6 +41,7 @@ def image_host(tmp_path_factory):
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
+    httpd.server_close()  # shutdown() stops serving; this closes the socket
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def loopback(tmp_path_factory):
     urls = [f"http://127.0.0.1:{s.getsockname()[1]}/" for s in (httpd.socket, refusing, silent)]
     yield dict(zip(("web", "refusing", "silent"), urls, strict=True))
     httpd.shutdown()
+    httpd.server_close()  # shutdown() stops serving; this closes the socket
     refusing.close()
     silent.close()
 

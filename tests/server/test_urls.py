@@ -53,6 +53,7 @@ def hosts(tmp_path_factory):
     yield running
     for host in running:
         host.httpd.shutdown()
+        host.httpd.server_close()  # shutdown() stops serving; this closes the socket
 
 
 @pytest.fixture(scope="module")
