@@ -8,23 +8,7 @@ import pytest
 
 from smoothguard import SmoothGuard
 from smoothguard.server import BackgroundServer, ServerSettings, create_app
-from support.server import QuietHandler, _Quiet, png_bytes
-
-KEY = "sk-test-0123456789"
-
-
-LIMITS = {
-    "model_name": "tiny",
-    "api_key": KEY,
-    "max_body_bytes": 256 * 1024,
-    "max_image_pixels": 80 * 80,
-    "max_num_copies": 6,
-    "max_sigma": 0.5,
-    "max_new_tokens": 16,
-    "default_max_new_tokens": 6,
-    "max_prompt_tokens": 64,
-}
-
+from support.server import KEY, LIMITS, QuietHandler, _Quiet, png_bytes
 
 BODY_LIMIT = 64 * 1024
 

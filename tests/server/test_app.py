@@ -7,10 +7,7 @@ import httpx
 import openai
 import pytest
 
-from support.server import ask, data_uri, error_of, image_part, png_bytes, post, question, refused, user
-
-KEY = "sk-test-0123456789"
-
+from support.server import KEY, ask, data_uri, error_of, image_part, png_bytes, post, question, refused, user
 
 BODY_LIMIT = 64 * 1024
 

@@ -9,10 +9,7 @@ import soundfile as sf
 
 from smoothguard import SmoothGuard
 from smoothguard.server import BackgroundServer, ServerSettings, create_app
-from support.server import error_of, image_part, post, refused, user
-
-KEY = "sk-test-0123456789"
-
+from support.server import KEY, error_of, image_part, post, refused, user
 
 BODY_LIMIT = 64 * 1024
 

@@ -23,6 +23,8 @@ from smoothguard.server import BackgroundServer, ServerSettings, create_app
 from smoothguard.server.service import request_noise_id
 from support.guard import Recorder
 from support.server import (
+    KEY,
+    LIMITS,
     QuietHandler,
     ask,
     data_uri,
@@ -34,21 +36,6 @@ from support.server import (
     question,
     user,
 )
-
-KEY = "sk-test-0123456789"
-
-
-LIMITS = {
-    "model_name": "tiny",
-    "api_key": KEY,
-    "max_body_bytes": 256 * 1024,
-    "max_image_pixels": 80 * 80,
-    "max_num_copies": 6,
-    "max_sigma": 0.5,
-    "max_new_tokens": 16,
-    "default_max_new_tokens": 6,
-    "max_prompt_tokens": 64,
-}
 
 
 def test_chat_completion_returns_the_guarded_answer_and_its_evidence(client, tiny_llava, minilm):

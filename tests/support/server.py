@@ -17,6 +17,22 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+#: The API key and the limits of the test servers (``tests/server``).
+KEY = "sk-test-0123456789"
+
+
+LIMITS = {
+    "model_name": "tiny",
+    "api_key": KEY,
+    "max_body_bytes": 256 * 1024,
+    "max_image_pixels": 80 * 80,
+    "max_num_copies": 6,
+    "max_sigma": 0.5,
+    "max_new_tokens": 16,
+    "default_max_new_tokens": 6,
+    "max_prompt_tokens": 64,
+}
+
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 40), image_format: str = "PNG") -> bytes:
     """A random RGB image (width, height) encoded as ``image_format``."""

@@ -1,4 +1,4 @@
-"""The testbed: scene generator, tasks, training, the shipped checkpoint and the demo."""
+"""Tests of ``smoothguard.testbed.data``: the scene generator's encodings, seeds and batches."""
 
 from smoothguard.testbed.data import (
     HELD_OUT_START,
