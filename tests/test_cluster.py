@@ -8,6 +8,7 @@ import pytest
 from smoothguard import ConfigError
 from smoothguard.cluster import ClusterOutcome, _cosine_rows, aggregate, vote
 from smoothguard.embed import MiniLMEmbedder, load_embedder
+from support.common import exact
 
 E0, E1, E2 = np.eye(3)
 
@@ -382,3 +383,45 @@ def test_vote_counts_majority_and_ties():
     assert vote(["x", "y", "z"], ["refuse", "comply", "comply"], prefer_index=0).chosen_index == 1
     with pytest.raises(ConfigError, match="one parsed label per candidate"):
         vote(["a"], ["x", "y"])
+
+
+def test_vote_numbers_the_other_classes_by_decreasing_count_and_reports_every_field():
+    """vote: the sort key of the non-majority classes (``-counts[c]``) -> None / dropped / ``+counts[c]``
+    (here alphabetical and increasing orders differ from decreasing); ``prefer_index in members`` -> ``and
+    False``; ``majority_label=0``, ``num_distinct`` and ``similarity_to_centroid=[]`` -> None / 1."""
+    texts = ["a.", "b", "b!", "c", "c.", "c", "d"]
+    parsed = ["a", "b", "b", "c", "c", "c", "d"]
+    outcome = vote(texts, parsed, prefer_index=4)
+    assert outcome.labels == [2, 1, 1, 0, 0, 0, 3]  # c (3), then b (2), then a and d (1 each, first seen first)
+    assert outcome.cluster_sizes == [3, 2, 1, 1] and outcome.votes == {"c": 3, "b": 2, "a": 1, "d": 1}
+    assert outcome.chosen_index == 4 and outcome.majority_label == 0 and outcome.majority_fraction == 3 / 7
+    assert outcome.num_distinct == 6 and outcome.similarity_to_centroid == []
+    assert vote(texts, parsed).chosen_index == 3  # no preference: the majority's first member
+
+
+@pytest.mark.parametrize(
+    ("texts", "parsed"),
+    [("abc", ["a", "b", "c"]), (["a", "b", "c"], "abc"), (["a", "b"], ["a"]), ([], [])],
+)
+def test_vote_needs_one_label_per_answer(texts, parsed):
+    """vote's check: ``isinstance(texts, str) or isinstance(parsed, str)`` -> ``and`` (a string as either
+    argument must be refused on its own), the message -> "XX...XX"."""
+    message = "vote() needs one parsed label per candidate answer, and at least one"
+    with pytest.raises(ConfigError, match=exact(message)):
+        vote(texts, parsed)
+
+
+def test_prefer_index_is_checked_against_the_candidates_by_name():
+    """vote and aggregate: ``check_int("prefer_index", ..., maximum=len(texts) - 1)``: the name -> None /
+    "XX...XX" / upper case, the maximum -> None / dropped / ``+ 1`` / ``- 2`` (the last index is allowed, one
+    past it is not); aggregate's ``check_int("num_clusters", ...)`` name -> "XX...XX"."""
+    texts, parsed, embeddings = ["a", "b", "c"], ["x", "y", "y"], np.eye(3)
+    assert vote(texts, parsed, prefer_index=2).chosen_index == 2
+    aggregate(texts, embeddings, prefer_index=2)
+    message = "prefer_index must be an integer in [0, 2], got 3"
+    with pytest.raises(ConfigError, match=exact(message)):
+        vote(texts, parsed, prefer_index=3)
+    with pytest.raises(ConfigError, match=exact(message)):
+        aggregate(texts, embeddings, prefer_index=3)
+    with pytest.raises(ConfigError, match=exact("num_clusters must be an integer >= 1, got 0")):
+        aggregate(texts, embeddings, num_clusters=0)

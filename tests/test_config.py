@@ -9,7 +9,7 @@ import json
 import pytest
 
 from smoothguard import AdaptiveSampling, ConfigError, GuardConfig
-from support.common import _names
+from support.common import names_word
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_config_errors_name_the_setting(settings, word):
     upper case in GuardConfig.__post_init__."""
     with pytest.raises(ConfigError) as caught:
         GuardConfig(**settings)
-    assert _names(str(caught.value), word)
+    assert names_word(str(caught.value), word)
 
 
 def test_one_cluster_and_batches_of_one_are_valid():

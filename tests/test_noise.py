@@ -23,7 +23,7 @@ from smoothguard.noise import (
     query_seed,
     validate_sigma,
 )
-from support.common import _names, exact
+from support.common import exact, names_word
 
 PROMPT = "What is in the image?"
 
@@ -134,14 +134,14 @@ def test_seed_errors_name_the_seed(call):
     """``check_int("seed", ...)`` name -> None / "XXseedXX" / "SEED" in query_seed and copy_seed."""
     with pytest.raises(ConfigError) as caught:
         call()
-    assert _names(str(caught.value), "seed")
+    assert names_word(str(caught.value), "seed")
 
 
 def test_copy_index_error_names_the_copy_index():
     """``check_int("copy index", ...)`` name -> None / "XXcopy indexXX" / "COPY INDEX" in copy_seed."""
     with pytest.raises(ConfigError) as caught:
         copy_seed(0, -1)
-    assert _names(str(caught.value), "copy index")
+    assert names_word(str(caught.value), "copy index")
 
 
 def test_query_seed_follows_the_documented_rule():

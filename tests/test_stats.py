@@ -7,7 +7,7 @@ import pytest
 from smoothguard import ConfigError, stats
 from smoothguard.stats import clopper_pearson_lower
 from support.certify import binomial_tail
-from support.common import _names
+from support.common import names_word
 
 
 def reference_lower_bound(k: int, n: int, alpha: float) -> float:
@@ -72,7 +72,7 @@ def test_count_errors_name_the_count(k, n, word):
     """``check_int("n" | "k", ...)`` name -> None / "XXnXX" / "N" (and the same for "k") in _check_counts."""
     with pytest.raises(ConfigError) as caught:
         stats.clopper_pearson_lower(k, n, 0.05)
-    assert _names(str(caught.value), word)
+    assert names_word(str(caught.value), word)
 
 
 def test_k_over_n_error_says_so():
@@ -101,7 +101,7 @@ def test_mcnemar_errors_name_the_count(first, second, word):
     """``check_int("only_first" | "only_second", ...)`` name -> None / "XX...XX" / upper case."""
     with pytest.raises(ConfigError) as caught:
         stats.mcnemar_exact(first, second)
-    assert _names(str(caught.value), word)
+    assert names_word(str(caught.value), word)
 
 
 def test_rate_with_interval_uses_the_given_confidence():

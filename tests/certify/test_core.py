@@ -22,7 +22,7 @@ from smoothguard.certify import (
     predict_from_counts,
 )
 from support.certify import binomial_tail, check_certificate, loud_clip
-from support.common import _names
+from support.common import names_word
 
 PROMPT = "What is in the image?"
 
@@ -230,7 +230,7 @@ def test_predict_defaults_and_arguments():
     assert guard.calls[1][3] == ["q"] and guard.calls[-1][3] == {"max_new_tokens": 16, "top_k": 3}
     with pytest.raises(ConfigError) as caught:
         core.Smoothed(guard, str).predict("p", "m", n=0)
-    assert _names(str(caught.value), "n")
+    assert names_word(str(caught.value), "n")
 
 
 def test_certify_defaults_and_arguments():
@@ -247,7 +247,7 @@ def test_certify_defaults_and_arguments():
     for settings, word in (({"n0": 0}, "n0"), ({"n": 0}, "n")):
         with pytest.raises(ConfigError) as caught:
             core.Smoothed(guard, str).certify("p", "m", **settings)
-        assert _names(str(caught.value), word)
+        assert names_word(str(caught.value), word)
 
 
 def test_certify_on_audio_certifies_or_abstains_as_its_counts_say(audio_model):

@@ -15,7 +15,7 @@ from smoothguard.eval import (
 from smoothguard.eval.judges import SafetyJudge, Verdict
 from smoothguard.eval.mm_safety import JUDGE_INSTRUCTIONS
 from support.common import exact
-from support.eval import MM_SAFETY_ROW, _starts, make_mm_safety_folder, save_image
+from support.eval import MM_SAFETY_ROW, make_mm_safety_folder, save_image, starts_with
 
 
 @pytest.fixture
@@ -200,7 +200,7 @@ def test_mm_question_file_is_named_in_json_errors(mm):
     """load_items: read_json's name "MM-SafetyBench question file" -> None / "XX...XX" / lower / upper case."""
     path = mm / "processed_questions" / "01-Illegal_Activitiy.json"
     path.write_text("{broken")
-    with pytest.raises(DataError, match=_starts(f"MM-SafetyBench question file {path} is not valid JSON")):
+    with pytest.raises(DataError, match=starts_with(f"MM-SafetyBench question file {path} is not valid JSON")):
         get_benchmark("mm-safety").load_items(mm)
 
 
@@ -281,5 +281,5 @@ def test_mm_instruction_file_is_named_in_json_errors(mm, tmp_path):
     """_load_instructions: read_json's name "judge instruction file" -> None / "XX...XX" / upper case."""
     path = tmp_path / "instructions.json"
     path.write_text("{broken")
-    with pytest.raises(DataError, match=_starts(f"judge instruction file {path} is not valid JSON")):
+    with pytest.raises(DataError, match=starts_with(f"judge instruction file {path} is not valid JSON")):
         get_benchmark("mm-safety").load_items(mm, judge_instructions=path)

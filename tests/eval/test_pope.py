@@ -9,7 +9,7 @@ import pytest
 from smoothguard.eval import DataError, get_benchmark, pope_metrics, score_pope_answers
 from smoothguard.eval.pope import load_pope, pope_scores
 from support.common import SHARED, exact, needs_reference
-from support.eval import _starts, make_pope_folder, write_jsonl
+from support.eval import make_pope_folder, starts_with, write_jsonl
 
 FIXTURES = SHARED / "fixtures" / "pope"
 
@@ -241,7 +241,7 @@ def test_question_file_is_named_in_json_errors(pope):
     """load_pope: read_jsonl's name "POPE question file" -> None / "XX...XX" / lower / upper case."""
     _, questions, labels = pope
     questions.write_text("{not json\n")
-    with pytest.raises(DataError, match=_starts(f"POPE question file {questions}, line 1: not valid JSON")):
+    with pytest.raises(DataError, match=starts_with(f"POPE question file {questions}, line 1: not valid JSON")):
         load_pope(questions, labels)
 
 
@@ -287,7 +287,7 @@ def test_label_file_is_named_in_json_errors(pope):
     _, questions, labels = pope
     label_file = labels / "coco_pope_popular.json"
     label_file.write_text("{not json\n")
-    with pytest.raises(DataError, match=_starts(f"POPE label file {label_file}, line 1: not valid JSON")):
+    with pytest.raises(DataError, match=starts_with(f"POPE label file {label_file}, line 1: not valid JSON")):
         load_pope(questions, labels)
 
 
@@ -334,7 +334,7 @@ def test_answer_file_path_is_read_and_named(pope, tmp_path):
     with pytest.raises(DataError, match=exact(f"POPE answer file {path}, line 1: missing field(s) text")):
         score_pope_answers(path, questions, labels)
     path.write_text("{not json\n")
-    with pytest.raises(DataError, match=_starts(f"POPE answer file {path}, line 1: not valid JSON")):
+    with pytest.raises(DataError, match=starts_with(f"POPE answer file {path}, line 1: not valid JSON")):
         score_pope_answers(path, questions, labels)
 
 

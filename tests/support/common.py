@@ -23,6 +23,6 @@ def needs_reference(folder: Path, what: str) -> pytest.MarkDecorator:
     return pytest.mark.reference(folder=folder, what=what)
 
 
-def _names(message: str, word: str) -> bool:
+def names_word(message: str, word: str) -> bool:
     """``word`` appears in ``message`` as a word of its own, in that case (not inside ``XXwordXX``)."""
     return re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", message) is not None

@@ -216,5 +216,5 @@ class Shapes(Benchmark):
         return {"all": pope_metrics([parse_yes_no(r["text"]) for r in records], [True] * len(records))}
 
 
-def _starts(message: str) -> str:
+def starts_with(message: str) -> str:
     return "^" + re.escape(message)
