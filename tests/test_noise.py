@@ -312,3 +312,36 @@ def test_a_purifier_with_other_noise_is_refused_in_one_line_everywhere(space, ti
         EOT(noise, 2, lambda x, sigma: x)
     with pytest.raises(ConfigError, match=exact(message)):
         noise.copies(tiny_llava, torch.rand(3, 8, 8), [0], purifier=lambda x, sigma: x)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0.1,x", "--sigmas must be comma-separated numbers such as 0,0.05,0.1; got '0.1,x'"),
+        ("", "--sigmas needs at least one value and no repeats; got ''"),
+        ("0.1,0.1", "--sigmas needs at least one value and no repeats; got '0.1,0.1'"),
+    ],
+)
+def test_parse_sigmas_says_what_a_sigma_list_is(text, message):
+    """parse_sigmas: both messages -> None."""
+    with pytest.raises(ConfigError, match=exact(message)):
+        parse_sigmas(text)
+
+
+def test_a_purifiers_output_is_clamped_to_the_pixel_range(tiny_llava):
+    """copies: ``purifier(...).clamp(0, 1)`` -> ``clamp(None, 1)`` / ``clamp(0, None)`` / ``clamp(0, 2)`` /
+    dropped bound: a purifier that overshoots both ends gives copies in [0, 1] that reach both ends."""
+    seen = []
+
+    def overshoot(images: torch.Tensor, sigma: float) -> torch.Tensor:
+        out = images * 4 - 1.5
+        seen.append(out)
+        return out
+
+    noise = GaussianNoise(0.1, "pixel")
+    pixels = torch.linspace(0, 1, 3 * 8 * 8).reshape(3, 8, 8)
+    copies = noise.copies(tiny_llava, pixels, [0, 1], purifier=overshoot)
+    assert seen[0].min() < 0 and seen[0].max() > 1
+    inputs = tiny_llava.preprocess(seen[0].clamp(0, 1))
+    key = tiny_llava.normalized_key
+    assert torch.allclose(torch.stack([c[key][0] for c in copies]), inputs[key])
