@@ -223,7 +223,8 @@ def test_roberta_folder_without_model_raises_model_load_error(tmp_path: Path) ->
 
 @pytest.mark.parametrize("max_length", [0, -3, 1.5, True])
 def test_roberta_rejects_bad_max_length(roberta_dir: Path, max_length: object) -> None:
-    with pytest.raises(ConfigError, match="max_length"):
+    """``check_int("max_length", ...)``: the name -> "XX...XX" / upper case."""
+    with pytest.raises(ConfigError, match=exact(f"max_length must be an integer >= 1, got {max_length!r}")):
         RobertaMeanEmbedder(roberta_dir, max_length=max_length)
 
 
