@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -416,12 +417,14 @@ def test_default_answer_length_is_128_tokens(tiny_llava, image_file):
 def test_timings_add_up_to_at_most_the_total(tiny_llava, minilm, image_file):
     """generate_batch: the preprocess time ``perf_counter() - started`` -> ``+``; the generate / embed
     counters starting at 1.0; the embed time ``perf_counter() - embedding`` -> ``+``. Each part is >= 0 and
-    together they cannot exceed the total."""
+    together they cannot exceed the total, nor the total the time the call took, measured around it."""
     guard = SmoothGuard(tiny_llava, embedder=minilm, sigma=0.1, num_copies=2)
+    before = time.perf_counter()
     timings = guard.generate(PROMPT, image=image_file, max_new_tokens=2).timings
+    took = time.perf_counter() - before
     parts = [timings[key] for key in ("preprocess", "generate", "embed", "cluster")]
     assert all(part >= 0 for part in parts)
-    assert sum(parts) <= timings["total"] < 600  # (the total ``perf_counter() + started``: huge)
+    assert sum(parts) <= timings["total"] <= took  # (the total ``perf_counter() + started``: far above it)
 
 
 def test_no_queries_no_results(tiny_llava, minilm):
